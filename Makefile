@@ -1,0 +1,52 @@
+# smtpmail-bridge: the two commands users need are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+EMACS  ?= emacs
+
+.PHONY: install test pytest ert demo bench deps emacs-nox clean
+
+install:
+	$(PYTHON) -m pip install .
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the project metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.installed emacs-nox
+
+# Debian's emacs-nox, installed when missing and we are root (as CI is).
+emacs-nox:
+	@if ! command -v $(EMACS) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y emacs-nox; \
+	  else \
+	    echo "emacs is missing: install emacs-nox (tests that need it fail under CI=true)"; \
+	  fi; \
+	fi
+
+test: deps pytest ert
+
+pytest: $(VENV)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+ert: $(VENV)/.installed
+	@if [ -f elisp/smtpmail-bridge-tests.el ]; then \
+	  PATH="$(abspath $(BIN)):$$PATH" $(EMACS) -Q --batch -L elisp \
+	    -l elisp/smtpmail-bridge-tests.el -f ert-run-tests-batch-and-exit; \
+	fi
+
+demo: $(VENV)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tests.demo
+
+bench:
+	@echo "make bench: the benchmarks are issue 5 and not written yet." >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

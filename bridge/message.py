@@ -1,0 +1,240 @@
+"""Messages and envelopes: recipients, Bcc, envelope sender, wire encoding.
+
+Pure functions on bytes, no sockets.  Recipient deduction reproduces Emacs
+28.2's smtpmail-deduce-address-list and mail-strip-quoted-names exactly
+(reverse header order, duplicates kept), because the shell and the Emacs
+shim must put the same RCPT TO lines on the wire as smtpmail does.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from bridge.errors import MessageError
+
+CHUNK = 1 << 16
+
+
+@dataclass
+class Envelope:
+    """What one SMTP transaction needs.
+
+    ``data`` is the message as bytes, or a Path to a file holding it (queue
+    data files are streamed, never read whole).  Lines may end in LF or CRLF;
+    they go out as CRLF, dot-stuffed.
+    """
+
+    sender: str
+    recipients: list[str]
+    data: bytes | Path
+    label: str = ""          # for progress and errors (queue id, "message")
+
+
+# --- header area ------------------------------------------------------------
+
+# rfc822-goto-eoh: the first line that is empty, starts with ":", or starts
+# with a colon-less token followed by blank -- the header area ends there.
+_EOH = re.compile(rb"^(?:[:\n]|[^: \t\n]+[ \t\n])", re.M)
+
+
+def header_end(data: bytes) -> int:
+    """Offset where the header area ends (start of the line that ends it)."""
+    m = _EOH.search(data)
+    return m.start() if m else len(data)
+
+
+def _fields(header: bytes) -> list[bytes]:
+    """Split a header area into fields, each with its continuation lines."""
+    fields: list[bytes] = []
+    for line in header.splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields
+
+
+# --- mail-strip-quoted-names (the light-weight parser) -----------------------
+
+_COMMENT = re.compile(r'[ \t]*\((?:[^()\\]|\\.|\\\n)*\)')
+_QUOTED = re.compile(r'([ \t]?)([ \t]*"(?:[^"\\]|\\.|\\\n)*"[ \t\n]*)')
+_ANGLE = re.compile(r'(,\s*|\A)([^,]*<([^>,:]*)>[^,]*)(\s*,|\Z)')
+
+
+def strip_quoted_names(address: str) -> str:
+    """Emacs's mail-strip-quoted-names with mail-use-rfc822 nil."""
+    while True:
+        m = _COMMENT.search(address)
+        if not m:
+            break
+        address = address[:m.start()] + address[m.end():]
+    address = address.strip(" \t\n")
+    pos = 0
+    while True:
+        m = _QUOTED.search(address, pos)
+        if not m:
+            break
+        if len(address) > m.end() and address[m.end()] == "@":
+            pos = m.end()
+        else:
+            address = address[:m.start(2)] + address[m.end(2):]
+            pos = m.start()
+    while True:
+        m = _ANGLE.search(address)
+        if not m:
+            break
+        address = address[:m.start(2)] + m.group(3) + address[m.end(2):]
+    return address
+
+
+_RESENT = re.compile(rb"^Resent-(?:To|Cc|Bcc):", re.I)
+_PLAIN = re.compile(rb"^(?:To:|Cc:|Bcc:)", re.I)
+
+
+def deduce_recipients(header: bytes) -> list[str]:
+    """smtpmail-deduce-address-list: envelope recipients from a header area.
+
+    Returned in smtpmail's order (the reverse of appearance), duplicates kept.
+    Bytes are decoded as Latin-1 so that any byte survives unchanged.
+    """
+    fields = _fields(header)
+    pattern = _RESENT if any(_RESENT.match(f) for f in fields) else _PLAIN
+    simple = ""
+    for field in fields:
+        m = pattern.match(field)
+        if m:
+            simple += " " + strip_quoted_names(field[m.end():].decode("latin-1"))
+    text = (" " + simple + "\n").translate({10: 32, 44: 32, 9: 32})
+    tokens = [t for t in text.split(" ") if t]
+    tokens.reverse()
+    return [t.encode("latin-1").decode("utf-8", "surrogateescape") for t in tokens]
+
+
+_BCC = re.compile(rb"^(?:RESENT-)?Bcc:", re.I)
+
+
+def strip_bcc(data: bytes) -> bytes:
+    """smtpmail-do-bcc: drop [Resent-]Bcc fields (and continuations) from the header."""
+    end = header_end(data)
+    kept = [f for f in _fields(data[:end]) if not _BCC.match(f)]
+    return b"".join(kept) + data[end:]
+
+
+def from_address(header: bytes) -> str | None:
+    """The address part of the first From: field, as smtpmail takes it."""
+    for field in _fields(header):
+        if field[:5].lower() == b"from:":
+            value = field[5:].decode("utf-8", "replace")
+            addrs = [a for _, a in getaddresses([" ".join(value.split())]) if a]
+            return addrs[0] if addrs else None
+    return None
+
+
+# --- validation ---------------------------------------------------------------
+
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+def check_address(address: str, what: str = "address") -> str:
+    """Refuse an address that would inject SMTP commands."""
+    if _FORBIDDEN.search(address):
+        raise MessageError(f"{what} {address!r} contains CR, LF or NUL")
+    return address
+
+
+def needs_smtputf8(address: str) -> bool:
+    return not address.isascii()
+
+
+# --- building an envelope -----------------------------------------------------
+
+def normalise_newlines(data: bytes) -> bytes:
+    """CRLF to LF, so header parsing sees smtpmail's LF-only buffer."""
+    return data.replace(b"\r\n", b"\n")
+
+
+def prepare(data: bytes, *, sender: str | None, recipients: list[str] | None,
+            extract: bool, mail_address: str | None = None,
+            label: str = "message") -> Envelope:
+    """Turn a composed message into an Envelope, as smtpmail-send-it does.
+
+    With ``extract`` the recipients are deduced from the headers (smtpmail
+    always does this; sendmail's ``-t``); explicit ``recipients`` are added
+    after them.  Bcc and Resent-Bcc are stripped from the data in either
+    case.  The sender falls back to ``mail_address``, then the From: header.
+    """
+    data = normalise_newlines(data)
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    header = data[:header_end(data)]
+    rcpts = deduce_recipients(header) if extract else []
+    rcpts += list(recipients or [])
+    if not rcpts:
+        raise MessageError("no recipients: give addresses or use -t with To/Cc/Bcc headers")
+    envelope_sender = sender or mail_address or from_address(header)
+    if not envelope_sender:
+        raise MessageError("no envelope sender: use -f, set mail-address, or add a From: header")
+    check_address(envelope_sender, "sender")
+    for r in rcpts:
+        check_address(r, "recipient")
+    return Envelope(envelope_sender, rcpts, strip_bcc(data), label)
+
+
+# --- the wire -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataInfo:
+    size: int          # bytes on the wire before dot-stuffing, CRLF counted as 2
+    eight_bit: bool    # any byte >= 0x80
+
+
+def _open(data: bytes | Path) -> BinaryIO:
+    return open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)
+
+
+def _lines(f: BinaryIO) -> Iterator[bytes]:
+    """Each line without its LF or CRLF; a last line without LF included."""
+    for line in f:
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        yield line
+
+
+def data_info(data: bytes | Path) -> DataInfo:
+    size = 0
+    eight = False
+    with _open(data) as f:
+        for line in _lines(f):
+            size += len(line) + 2
+            if not eight and not line.isascii():
+                eight = True
+    return DataInfo(size, eight)
+
+
+def wire_chunks(data: bytes | Path, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The DATA payload: CRLF lines, dot-stuffed, ending with ".\\r\\n"."""
+    buf: list[bytes] = []
+    n = 0
+    with _open(data) as f:
+        for line in _lines(f):
+            if line[:1] == b".":
+                buf.append(b".")
+            buf.append(line)
+            buf.append(b"\r\n")
+            n += len(line) + 3
+            if n >= chunk:
+                yield b"".join(buf)
+                buf.clear()
+                n = 0
+    buf.append(b".\r\n")
+    yield b"".join(buf)
+
+
+def encode(data: bytes | Path) -> bytes:
+    """The whole DATA payload at once (tests and small messages)."""
+    return b"".join(wire_chunks(data))

@@ -6,6 +6,7 @@ SASL payloads and mechanism choices are checked against what real Emacs
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -454,7 +455,6 @@ def test_authinfo_gpg_decrypted_and_first(home: Path, gnupg_home: Path,
 
 def test_gpg_password_token(home: Path, gnupg_home: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import base64
     monkeypatch.setenv("GNUPGHOME", str(gnupg_home))
     token = base64.b64encode(encrypt(gnupg_home, b"tokensecret")).decode()
     write(home / ".authinfo", f"machine h login u password gpg:{token}\n")
@@ -588,7 +588,6 @@ def test_xoauth2_matches_emacs() -> None:
 
 
 def test_non_ascii_is_utf8() -> None:
-    import base64
     assert base64.b64decode(auth.plain_response("ü", "ß")) == b"\0\xc3\xbc\0\xc3\x9f"
 
 

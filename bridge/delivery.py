@@ -22,10 +22,20 @@ CONTRACT (signatures fixed; bodies being written):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from bridge.errors import BridgeError
+from bridge import message as msg
+from bridge.errors import (AmbiguousDeliveryError, AuthError, BridgeError,
+                           ConfigError, MessageError, PermanentError,
+                           TransientError)
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
+    from bridge.queue import Entry, Queue
+    from bridge.smtp import CredentialProvider, Transcript
 
 
 @dataclass
@@ -65,3 +75,200 @@ class FlushReport:
         if self.failures:
             return 75
         return 0
+
+
+def file_credentials(settings: "Settings") -> "CredentialProvider":
+    """The shell's credential source: authinfo files, then password-command."""
+    from bridge.auth import FileCredentials
+    return FileCredentials(settings)
+
+
+def send(settings: "Settings", envelope: msg.Envelope, *,
+         credentials: "CredentialProvider | None" = None,
+         transcript: "Transcript | None" = None) -> str:
+    """Deliver one envelope now; returns the server's final reply."""
+    from bridge import smtp
+    if credentials is None:
+        credentials = file_credentials(settings)
+    return smtp.send(settings, envelope, credentials=credentials, transcript=transcript)
+
+
+def stored_variables(settings: "Settings") -> dict[str, object] | None:
+    """smtpmail-store-queue-variables: what the .el records, if anything."""
+    if not settings.store_queue_variables:
+        return None
+    return {"server": settings.smtp_server, "stream_type": settings.stream_type,
+            "service": settings.smtp_service, "user": settings.smtp_user}
+
+
+def open_queue(settings: "Settings") -> "Queue":
+    from bridge.queue import Queue
+    return Queue.from_settings(settings)
+
+
+def queue_message(settings: "Settings", envelope: msg.Envelope) -> "Entry":
+    """Write the envelope to the queue; nothing is sent."""
+    return open_queue(settings).add(envelope.data, envelope.recipients,
+                                    stored=stored_variables(settings),
+                                    sender=envelope.sender)
+
+
+def send_or_queue(settings: "Settings", envelope: msg.Envelope, *,
+                  credentials: "CredentialProvider | None" = None,
+                  transcript: "Transcript | None" = None,
+                  queue_on_failure: bool = False) -> Outcome:
+    """smtpmail-send-it's choice: queue-mail queues, else send now.
+
+    With ``queue_on_failure`` a message the server did not accept is queued,
+    so it is never lost; the Outcome says why.  A message the server
+    rejected for good (5xx) or that is malformed is not queued silently: it
+    is queued set aside, so the user can read the reason and retry or drop.
+    """
+    if settings.queue_mail:
+        entry = queue_message(settings, envelope)
+        return Outcome("queued", entry.id)
+    try:
+        send(settings, envelope, credentials=credentials, transcript=transcript)
+        return Outcome("sent")
+    except BridgeError as e:
+        if not queue_on_failure:
+            raise
+        entry = queue_message(settings, envelope)
+        open_queue(settings).set_state(entry, failure_state(e), error=str(e))
+        return Outcome("queued", entry.id, e)
+
+
+def failure_state(error: BridgeError) -> str:
+    """Queue state for an entry whose delivery failed with ``error``."""
+    if isinstance(error, AmbiguousDeliveryError):
+        return "possibly-delivered"
+    if isinstance(error, (PermanentError, MessageError)):
+        return "rejected"
+    return "deferred"
+
+
+# --- flush ---------------------------------------------------------------------
+
+SENDABLE = ("queued", "deferred")
+
+
+def entry_settings(settings: "Settings", entry: "Entry") -> "Settings":
+    """The entry's own stored variables, else the current settings.
+
+    smtpmail binds the stored variables once around the whole flush, so one
+    entry's server leaks into the next; here each entry stands alone.
+    """
+    stored = entry.stored or {}
+    changes = {}
+    for key, name in (("server", "smtp_server"), ("stream_type", "stream_type"),
+                      ("service", "smtp_service"), ("user", "smtp_user")):
+        if key in stored:
+            changes[name] = stored[key]
+    return settings.replace(**changes) if changes else settings
+
+
+def server_key(s: "Settings") -> tuple:
+    return (s.smtp_server, str(s.smtp_service), s.stream_type, s.smtp_user)
+
+
+def entry_sender(settings: "Settings", entry: "Entry") -> str | None:
+    """smtpmail's flush rule: the recorded sender, else mail-address, else From:."""
+    if entry.sender:
+        return entry.sender
+    if settings.mail_address:
+        return settings.mail_address
+    return msg.from_address(entry.headers())
+
+
+def flush(settings: "Settings", *,
+          credentials: "CredentialProvider | None" = None,
+          transcript: "Transcript | None" = None,
+          progress: "Callable[[FlushProgress], None] | None" = None,
+          only: "list[str] | None" = None) -> FlushReport:
+    """smtpmail-send-queued-mail, fixed: per-entry settings, no stop on error.
+
+    Runs under the queue lock.  Entries sharing a server go over one SMTP
+    session; each is removed only after the server's final 250.
+    """
+    from bridge.smtp import Sender
+    if credentials is None:
+        credentials = file_credentials(settings)
+    queue = open_queue(settings)
+    report = FlushReport()
+    with queue.lock(settings.lock_timeout):
+        scan = queue.scan()
+        report.problems.extend(scan.problems)
+        for unsafe in scan.unsafe:
+            report.failures.append(EntryFailure(unsafe.id, "unsafe", unsafe.reason))
+        todo = []
+        for entry in scan.entries:
+            if only is not None and entry.id not in only:
+                continue
+            if entry.state in SENDABLE:
+                todo.append(entry)
+            else:
+                report.skipped.append(entry.id)
+        groups: dict[tuple, list[tuple["Entry", "Settings"]]] = {}
+        for entry in todo:
+            s = entry_settings(settings, entry)
+            groups.setdefault(server_key(s), []).append((entry, s))
+        total, done, start = len(todo), 0, time.monotonic()
+        for members in groups.values():
+            lines: list[str] = []
+
+            def tap(direction: str, line: str) -> None:
+                lines.append(f"{direction}: {line}")
+                if transcript:
+                    transcript(direction, line)
+
+            group_error: BridgeError | None = None
+            sender = None
+            try:
+                sender = Sender(members[0][1], credentials, tap)
+            except ConfigError as e:
+                group_error = e
+            for entry, s in members:
+                lines.clear()
+                if progress:
+                    rate = done / max(time.monotonic() - start, 1e-6)
+                    progress(FlushProgress(done, total, entry.id,
+                                           entry.recipients[0] if entry.recipients else "", rate))
+                error = group_error
+                if error is None:
+                    try:
+                        env = _envelope(s, entry)
+                        assert sender is not None
+                        sender.deliver(env)
+                    except BridgeError as e:
+                        error = e
+                done += 1
+                if error is None:
+                    queue.remove(entry)
+                    report.sent.append(entry.id)
+                    continue
+                state = failure_state(error)
+                queue.set_state(entry, state, error=str(error), transcript="\n".join(lines))
+                report.failures.append(EntryFailure(entry.id, state, str(error)))
+                # A server we cannot reach or log in to fails the rest alike:
+                # do not wait for the same timeout once per message.
+                if isinstance(error, (AuthError, ConfigError)) or (
+                        isinstance(error, TransientError) and sender is not None
+                        and sender.conn is None and not isinstance(error, AmbiguousDeliveryError)
+                        and not _was_connected(lines)):
+                    group_error = error
+            if sender is not None:
+                sender.close()
+    return report
+
+
+def _was_connected(lines: list[str]) -> bool:
+    return any(line.startswith("S:") for line in lines)
+
+
+def _envelope(settings: "Settings", entry: "Entry") -> msg.Envelope:
+    sender = entry_sender(settings, entry)
+    if not sender:
+        raise MessageError(f"{entry.id}: no envelope sender (set mail-address)")
+    if not entry.recipients:
+        raise MessageError(f"{entry.id}: no recipients")
+    return msg.Envelope(sender, list(entry.recipients), Path(entry.data_path), entry.id)

@@ -151,6 +151,20 @@ def needs_smtputf8(address: str) -> bool:
     return not address.isascii()
 
 
+def default_sender() -> str | None:
+    """user-mail-address's default, kept only if valid as smtpmail requires.
+
+    Emacs takes $EMAIL, else login@host; smtpmail-user-mail-address accepts
+    it only when the domain part contains a dot.
+    """
+    import getpass
+    import os
+    import socket
+    address = os.environ.get("EMAIL") or f"{getpass.getuser()}@{socket.gethostname()}"
+    parts = address.split("@")
+    return address if len(parts) == 2 and "." in parts[1] else None
+
+
 # --- building an envelope -----------------------------------------------------
 
 def normalise_newlines(data: bytes) -> bytes:
@@ -176,7 +190,7 @@ def prepare(data: bytes, *, sender: str | None, recipients: list[str] | None,
     rcpts += list(recipients or [])
     if not rcpts:
         raise MessageError("no recipients: give addresses or use -t with To/Cc/Bcc headers")
-    envelope_sender = sender or mail_address or from_address(header)
+    envelope_sender = sender or mail_address or from_address(header) or default_sender()
     if not envelope_sender:
         raise MessageError("no envelope sender: use -f, set mail-address, or add a From: header")
     check_address(envelope_sender, "sender")

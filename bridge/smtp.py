@@ -375,9 +375,10 @@ class Connection:
             self.smtp.send(line + "\r\n")
             code, text = self.smtp.getreply()
         except (OSError, smtplib.SMTPException) as e:
+            verb = "AUTH" if self.smtp.in_auth else _verb(line)
             self.abort()
             raise TransientError(
-                f"connection to {self.host} lost after {_verb(line)}: {_oserror(e)}") from None
+                f"connection to {self.host} lost after {verb}: {_oserror(e)}") from None
         return code, text.decode("utf-8", "replace")
 
     def _expect(self, line: str, what: str) -> tuple[int, str]:
@@ -544,8 +545,7 @@ def _oserror(e: BaseException) -> str:
 
 
 def _verb(line: str) -> str:
-    word = line.split(" ", 1)[0].upper()
-    return word if word.isalpha() else "AUTH"
+    return line.split(" ", 1)[0].upper()
 
 
 # --- smtpmail's retry loop ---------------------------------------------------
@@ -565,8 +565,8 @@ class Sender:
         self.conn: Connection | None = None
 
     def _requires_auth(self) -> bool:
-        pattern = self.settings.servers_requiring_authorization
-        return bool(pattern and re.search(pattern, self.settings.smtp_server or ""))
+        from bridge.config import requires_authorization
+        return requires_authorization(self.settings)
 
     def _connection(self, ask: bool) -> Connection:
         if self.conn is not None and self.conn.alive():

@@ -132,7 +132,7 @@ def loads(text: str) -> Any:
     return _convert(parsed[0])
 
 
-_ID_RE = re.compile(rb"\A\s*\(\s*[A-Za-z-]+\s+:id\s+(-?[0-9]+)[\s)]")
+_ID_RE = re.compile(rb"\A\s*\(\s*[A-Za-z-]+\s+:id\s+(-?[0-9]+)(?=[\s)]|\Z)")
 
 
 def sniff_id(line: bytes) -> int | None:

@@ -225,6 +225,7 @@ class Connection:
                                  tls_context(client_cert))
             else:
                 self.smtp = _SMTP(self.transcript, s.connect_timeout)
+            self.smtp._host = self.host     # smtplib sets it only in __init__
             self.note(f"connecting to {self.host} port {port}"
                       + (" (TLS)" if stream == "ssl" else ""))
             code, text = self.smtp.connect(self.host, port)
@@ -539,6 +540,9 @@ def _oserror(e: BaseException) -> str:
     if isinstance(e, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(e, smtplib.SMTPServerDisconnected):
+        # smtplib turns a read timeout into "Connection unexpectedly closed".
+        if isinstance(e.__context__, (socket.timeout, TimeoutError)):
+            return "timed out"
         return "connection closed by server"
     text = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return text

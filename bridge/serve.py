@@ -328,8 +328,7 @@ class Server:
             if self.closing.is_set() and not isinstance(exc, (MessageError, QueueError)):
                 # Nobody is left to keep the message: hand it to the queue.
                 entry = delivery.queue_message(settings, envelope)
-                raise BridgeError(f"{exc.message} (queued as {_entry_id(entry)})",
-                                  code=exc.code, reply=exc.reply) from None
+                exc.message = f"{exc.message} (queued as {_entry_id(entry)})"
             raise
         reply: dict[str, Any] = {"status": Sym(outcome.status),
                                  "entry": outcome.entry_id,

@@ -56,13 +56,17 @@ contains it (other commands).
                    client closes); DATA_END: recorded as unacknowledged
   hold(command, times=1, match=None) -> Hold  delay the reply until
                    `hold.release()`; `hold.wait_reached(timeout)` -> bool
-                   tells the test the client got that far
+                   tells the test the client got that far (one release
+                   frees every occurrence of that hold)
 
 What it records (all thread-safe; lists are copies):
   messages                  accepted messages (`ReceivedMessage`)
   received_but_unacknowledged  data fully received, no reply sent
   rejected_messages         data received, answered with a fault reply
-  connections               number of TCP connections accepted
+  connections               number of TCP connections accepted (counted
+                            before any TLS handshake; an implicit-TLS
+                            connection whose handshake failed leaves a
+                            Session with tls False and no commands)
   commands                  [(session_id, line)] in arrival order; AUTH
                             payloads and SASL continuation lines are "<auth>"
   sessions                  {session_id: Session}: ehlo_name, tls, auth,
@@ -845,6 +849,8 @@ class SMTPTestServer:
     ) -> None:
         if tls not in TLS_MODES:
             raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
+        if cert not in CERT_KINDS:
+            raise ValueError(f"cert must be one of {CERT_KINDS}, not {cert!r}")
         mechs = [m.upper() for m in auth]
         for m in mechs:
             if m not in MECHANISMS:

@@ -528,3 +528,65 @@ def test_require_skips_normally_and_fails_on_ci(monkeypatch):
     with pytest.raises(pytest.fail.Exception):
         require(missing)
     assert os.path.basename(require("sh")) == "sh"
+
+
+# --------------------------------------------------------------------------
+# Real Emacs smtpmail against the server (certificates work with GnuTLS)
+
+SEND_EL = r"""
+(require 'smtpmail)
+(setq user-mail-address "alice@example.org"
+      send-mail-function #'smtpmail-send-it
+      smtpmail-queue-mail nil
+      smtpmail-smtp-server (getenv "SMTP_HOST")
+      smtpmail-smtp-service (string-to-number (getenv "SMTP_PORT"))
+      smtpmail-stream-type (intern (getenv "SMTP_STREAM_TYPE"))
+      auth-sources (list (getenv "AUTHINFO"))
+      gnutls-trustfiles (list (getenv "TRUSTFILE")))
+(with-temp-buffer
+  (insert "From: alice@example.org\nTo: bob@example.net\nSubject: hi\n"
+          mail-header-separator "\nBody.\n.dot\n")
+  (mail-mode)
+  (condition-case err
+      (mail-send)
+    (error (message "SEND ERROR: %s" (error-message-string err)) (kill-emacs 3))))
+"""
+
+
+def run_emacs(emacs_bin, tmp_path, tls_ca, srv, host, stream_type):
+    import subprocess
+    home = tmp_path / "home"
+    (home / ".emacs.d").mkdir(parents=True)
+    (tmp_path / "authinfo").write_text(
+        f"machine {host} port {srv.port} login {USER} password pw\n")
+    (tmp_path / "send.el").write_text(SEND_EL)
+    env = dict(os.environ, HOME=str(home), SMTP_HOST=host, SMTP_PORT=str(srv.port),
+               SMTP_STREAM_TYPE=stream_type, AUTHINFO=str(tmp_path / "authinfo"),
+               TRUSTFILE=str(tls_ca.ca_pem))
+    return subprocess.run([emacs_bin, "-Q", "--batch", "-l", str(tmp_path / "send.el")],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("tls,stream_type,host", [
+    ("starttls", "starttls", "127.0.0.1"), ("implicit", "ssl", "localhost")])
+def test_real_emacs_delivers_over_tls_with_cram_md5(
+        emacs_bin, tmp_path, tls_ca, smtp_server, tls, stream_type, host):
+    srv = smtp_server(tls=tls, auth=["CRAM-MD5", "PLAIN"], users={USER: "pw"},
+                      auth_require_tls=True)
+    proc = run_emacs(emacs_bin, tmp_path, tls_ca, srv, host, stream_type)
+    assert proc.returncode == 0, proc.stderr
+    (m,) = srv.messages
+    assert m.tls and m.auth.mechanism == "CRAM-MD5" and m.ehlo_name
+    assert m.data.endswith(b"Subject: hi\r\n\r\nBody.\r\n.dot\r\n")
+    assert m.mail_options == [f"SIZE={len(m.data)}"]
+
+
+def test_real_emacs_refuses_untrusted_certificate(emacs_bin, tmp_path, tls_ca, smtp_server):
+    srv = smtp_server(tls="starttls", cert="untrusted")
+    proc = run_emacs(emacs_bin, tmp_path, tls_ca, srv, "127.0.0.1", "starttls")
+    assert proc.returncode == 3
+    assert "Sending failed: Unable to contact server" in proc.stderr  # NSM said no
+    assert srv.messages == [], srv.commands
+    # GnuTLS finishes the handshake (and EHLO); NSM then drops the connection.
+    assert [c.split()[0] for _, c in srv.commands][:2] == ["EHLO", "STARTTLS"]
+    assert not any(c.startswith(("MAIL", "AUTH")) for _, c in srv.commands)

@@ -450,6 +450,54 @@ def test_hold_data_end_until_released(smtp_server):
     assert srv.messages[0].data == b"held\r\n"
 
 
+def test_stall_data_end_records_unacknowledged(smtp_server):
+    srv = smtp_server()
+    srv.stall("DATA_END")
+    r = Raw(srv)
+    r.reply()
+    r.cmd(b"EHLO h")
+    r.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+    r.reply(), r.reply(), r.reply()
+    r.send(b"stalled\r\n.\r\n")
+    srv.wait_until(lambda s: len(s.received_but_unacknowledged) == 1)
+    r.close()
+    srv.wait_until(lambda s: s.session(1).closed)
+    assert srv.messages == [] and srv.received_but_unacknowledged[0].data == b"stalled\r\n"
+
+
+def test_disconnect_greeting_and_fail_auth(smtp_server):
+    srv = smtp_server(auth=["PLAIN"], users={USER: PASSWORD})
+    srv.disconnect("GREETING")
+    srv.fail("AUTH", 454, "4.7.0 Temporary authentication failure")
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        smtp(srv)
+    with smtp(srv) as c:
+        c.ehlo("h")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            c.login(USER, PASSWORD)
+        assert e.value.smtp_code == 454
+        c.login(USER, PASSWORD)
+    assert srv.connections == 2 and srv.session(2).auth.user == USER
+
+
+def test_hold_rcpt_in_a_pipelined_batch(smtp_server):
+    srv = smtp_server()
+    held = srv.hold("RCPT", match="slow@y")
+    r = Raw(srv)
+    r.reply()
+    r.cmd(b"EHLO h")
+    r.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<fast@y>\r\nRCPT TO:<slow@y>\r\nDATA\r\n")
+    assert r.reply()[0][:3] == b"250" and r.reply()[0][:3] == b"250"
+    assert held.wait_reached(5)
+    assert [c for _, c in srv.commands][-1] == "RCPT TO:<slow@y>"  # DATA not yet read
+    held.release()
+    assert r.reply()[0][:3] == b"250" and r.reply()[0][:3] == b"354"
+    assert r.cmd(b"x\r\n.")[0][:3] == b"250"
+    r.close()
+    assert srv.messages[0].rcpt_tos == ["fast@y", "slow@y"]
+    assert srv.round_trips(1) == 3
+
+
 def test_hold_greeting(smtp_server):
     srv = smtp_server()
     held = srv.hold("GREETING")

@@ -308,7 +308,7 @@ _CONVERTERS: dict[str, Callable[..., object]] = {
     "connect-timeout": _seconds(zero_ok=False),
     "command-timeout": _seconds(zero_ok=False),
     "data-timeout": _seconds(zero_ok=False),
-    "lock-timeout": _seconds(zero_ok=False),
+    "lock-timeout": _seconds(zero_ok=True),
 }
 
 #: Every Settings field, dashed, in declaration order.

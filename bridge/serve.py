@@ -375,6 +375,7 @@ class Server:
         scanned = self._queue(request).scan()
         entries = getattr(scanned, "entries", scanned)
         return {"entries": [_plain(e) for e in entries],
+                "unsafe": _plain(getattr(scanned, "unsafe", [])),
                 "problems": _plain(getattr(scanned, "problems", []))}
 
     def _find(self, request: Request):

@@ -636,11 +636,12 @@ seconds (default `smtpmail-bridge-wait-timeout')."
 (defun smtpmail-bridge-list-queue ()
   "List the queued mail; show, retry or drop entries from there."
   (interactive)
-  (with-current-buffer (get-buffer-create "*smtpmail-bridge queue*")
-    (smtpmail-bridge-queue-mode)
-    (smtpmail-bridge--queue-refresh)
-    (tabulated-list-print)
-    (pop-to-buffer (current-buffer))))
+  (pop-to-buffer
+   (with-current-buffer (get-buffer-create "*smtpmail-bridge queue*")
+     (smtpmail-bridge-queue-mode)
+     (smtpmail-bridge--queue-refresh)
+     (tabulated-list-print)
+     (current-buffer))))
 
 (defun smtpmail-bridge--queue-entry-at-point ()
   "The queue entry id on this line."
@@ -654,12 +655,13 @@ seconds (default `smtpmail-bridge-wait-timeout')."
                             'show (list :entry id :vars (smtpmail-bridge--variables)))
                            :entry))
          (file (smtpmail-bridge--entry-field entry :path :data-path :file)))
-    (with-current-buffer (get-buffer-create (format "*queued mail %s*" id))
-      (let ((inhibit-read-only t))
-        (erase-buffer)
-        (when file (insert-file-contents-literally file)))
-      (view-mode 1)
-      (pop-to-buffer (current-buffer)))))
+    (pop-to-buffer
+     (with-current-buffer (get-buffer-create (format "*queued mail %s*" id))
+       (let ((inhibit-read-only t))
+         (erase-buffer)
+         (when file (insert-file-contents-literally file)))
+       (view-mode 1)
+       (current-buffer)))))
 
 (defun smtpmail-bridge-queue-retry ()
   "Mark the queued message on this line for another attempt."

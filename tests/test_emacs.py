@@ -256,3 +256,54 @@ def test_backend_killed_mid_send_leaves_the_message_queued(emacs_bin, home, smtp
     (entry,) = queued(home)
     assert b"Subject: =?utf-8?" in Path(entry).read_bytes()
     assert srv.messages == []
+
+
+def test_queue_list_show_drop_and_send_queued_mail(emacs_bin, home, smtp_server):
+    srv = smtp_server()
+    body = """
+(let ((smtpmail-queue-mail t) (smtpmail-bridge-async nil))
+  (with-current-buffer (test-compose-mail) (smtpmail-bridge-send-it))
+  (with-current-buffer (test-compose-message)
+    (let ((send-mail-function #'smtpmail-bridge-send-it)) (message-send))))
+(smtpmail-bridge-list-queue)
+(with-current-buffer "*smtpmail-bridge queue*"
+  (test-mark "rows=%d" (length tabulated-list-entries))
+  (goto-char (point-min))
+  (smtpmail-bridge-queue-show))
+(with-current-buffer (window-buffer (selected-window))
+  (test-mark "shown=%S" (and (string-search "Subject: =?utf-8?" (buffer-string)) t)))
+(with-current-buffer "*smtpmail-bridge queue*"
+  (goto-char (point-min))
+  (cl-letf (((symbol-function 'yes-or-no-p) (lambda (_) t)))
+    (smtpmail-bridge-queue-drop))
+  (test-mark "after-drop=%d" (length tabulated-list-entries)))
+(smtpmail-bridge-send-queued-mail)
+(test-mark "wait=%S" (smtpmail-bridge-wait 100))
+"""
+    r = run_emacs(emacs_bin, home, body, port=srv.port)
+    assert r.returncode == 0, r.stderr
+    for mark in ("MARK rows=2", "MARK shown=t", "MARK after-drop=1", "MARK wait=t"):
+        assert mark in r.stderr
+    assert "sent 1 queued message(s), 0 failed" in r.stderr
+    assert len(srv.messages) == 1 and queued(home) == []
+
+
+def test_ert_suite(emacs_bin):
+    r = subprocess.run([emacs_bin, "-Q", "--batch", "-L", str(REPO / "elisp"),
+                        "-l", str(REPO / "elisp" / "smtpmail-bridge-tests.el"),
+                        "-f", "ert-run-tests-batch-and-exit"],
+                       capture_output=True, text=True, timeout=NO_HANG)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ", 0 unexpected" in r.stderr
+
+
+def test_shim_byte_compiles_cleanly_and_passes_checkdoc(emacs_bin, tmp_path):
+    src = tmp_path / "smtpmail-bridge.el"
+    src.write_bytes((REPO / "elisp" / "smtpmail-bridge.el").read_bytes())
+    r = subprocess.run([emacs_bin, "-Q", "--batch", "-L", str(tmp_path), "--eval",
+                        f'(progn (setq byte-compile-error-on-warn t) '
+                        f'(unless (byte-compile-file {P.dumps(str(src))}) (kill-emacs 1)) '
+                        f'(checkdoc-file {P.dumps(str(src))}))'],
+                       capture_output=True, text=True, timeout=NO_HANG)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr

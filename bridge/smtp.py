@@ -82,7 +82,9 @@ def reply_text(code: int, text: bytes | str) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     lines = text.splitlines() or [""]
-    return "\n".join(f"{code} {line}".rstrip() for line in lines)
+    last = len(lines) - 1
+    return "\n".join(f"{code}{'-' if i < last else ' '}{line}".rstrip()
+                     for i, line in enumerate(lines))
 
 
 def failure(code: int, text: str, what: str, *, ambiguous: bool = False) -> BridgeError:

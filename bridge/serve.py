@@ -402,14 +402,12 @@ class Server:
         return {"retried": _entry_id(entry)}
 
     def op_check(self, request: Request, job: Job) -> dict[str, Any]:
-        from bridge import delivery
+        import io
+        from bridge import check
         settings = self.job_settings(request)
-        check = getattr(delivery, "check", None)
-        if check is None:
-            return {"settings": _plain(settings)}
-        result = check(settings, credentials=self.credential_provider(job, settings),
-                       transcript=self.transcript(job, settings))
-        return {"settings": _plain(settings), "result": _plain(result)}
+        out = io.StringIO()
+        status = check.run(settings, out, credentials=self.credential_provider(job, settings))
+        return {"status": status, "report": out.getvalue()}
 
 
 def main(settings: Settings) -> int:

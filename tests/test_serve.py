@@ -223,3 +223,20 @@ def test_eof_hands_a_failing_job_to_the_queue(serve, smtp_server, tmp_path):
     assert plist["kind"] == "transient" and plist["code"] == 450
     assert serve.close() == 0
     assert len((qdir / "index").read_text().splitlines()) == 1
+
+
+def test_check_reports_what_the_server_offers(serve, smtp_server):
+    srv = smtp_server(auth=["PLAIN"], users={"alice": "pw"})
+    serve.request(f'(check :id 5 :vars (:smtp-server "127.0.0.1" :smtp-service {srv.port}))')
+    form = serve.read()
+    while P.plist_to_dict(form[1:]).get("type") != "credential-request":
+        form = serve.read()
+    ev = P.plist_to_dict(form[1:])
+    serve.request(f'(credential :id 6 :for {ev["cid"]} :user "alice" :secret "pw")')
+    head, plist, events = serve.reply(5)
+    assert head == "ok" and plist["status"] == 0, plist
+    report = plist["report"]
+    assert "greeting: 220" in report and "auth offered: PLAIN" in report
+    assert "credentials: found for alice" in report and "auth: accepted" in report
+    assert b'"pw"' not in b"".join(serve.seen[1:])
+    assert "MAIL" not in [c.split()[0] for _, c in srv.commands]

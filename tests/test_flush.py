@@ -313,3 +313,27 @@ def test_real_emacs_flushes_what_the_bridge_queued(smtp_server, tmp_path, emacs_
     assert [m.rcpt_tos for m in srv.messages] == [["t@x.y", "u@x.y"], ["v@x.y"]]
     assert srv.messages[0].data == body.replace(b"\n", b"\r\n")
     assert (qdir / "index").read_bytes() == b""
+
+
+def test_progress_line_only_on_a_terminal(smtp_server, tmp_path):
+    import pty
+    srv = smtp_server()
+    q, entries = make_queue(tmp_path, 3)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "bridge", "flush"], stdout=slave,
+                         stderr=subprocess.PIPE, env=cli_env(tmp_path, srv.port, q.directory))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:      # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(timeout=60) == 0
+    text = out.decode()
+    assert "1/3 r0@x.y" in text and "3/3 r2@x.y" in text and "msg/s" in text
+    assert "sent 3, failed 0" in text

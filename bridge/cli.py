@@ -219,7 +219,7 @@ def cmd_send(args: SendArgs, stdin=None) -> int:
     from bridge import delivery, message
 
     settings, _ = load_settings(args.options)
-    data = (stdin or sys.stdin.buffer).read()
+    data = stdin or sys.stdin.buffer
     env = message.prepare(data, sender=args.sender, recipients=args.recipients,
                           extract=args.extract, mail_address=settings.mail_address)
     transcript = _stderr_transcript if (settings.debug_info or args.verbose) else None

@@ -108,6 +108,8 @@ def open_queue(settings: "Settings") -> "Queue":
 
 def queue_message(settings: "Settings", envelope: msg.Envelope) -> "Entry":
     """Write the envelope to the queue; nothing is sent."""
+    if hasattr(envelope.data, "seek"):
+        envelope.data.seek(0)           # a spooled stdin may have been sent from
     return open_queue(settings).add(envelope.data, envelope.recipients,
                                     stored=stored_variables(settings),
                                     sender=envelope.sender)

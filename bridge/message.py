@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
@@ -31,7 +33,7 @@ class Envelope:
 
     sender: str
     recipients: list[str]
-    data: bytes | Path
+    data: bytes | Path | BinaryIO
     label: str = ""          # for progress and errors (queue id, "message")
 
 
@@ -172,7 +174,7 @@ def normalise_newlines(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
-def prepare(data: bytes, *, sender: str | None, recipients: list[str] | None,
+def prepare(data: bytes | BinaryIO, *, sender: str | None, recipients: list[str] | None,
             extract: bool, mail_address: str | None = None,
             label: str = "message") -> Envelope:
     """Turn a composed message into an Envelope, as smtpmail-send-it does.
@@ -181,11 +183,17 @@ def prepare(data: bytes, *, sender: str | None, recipients: list[str] | None,
     always does this; sendmail's ``-t``); explicit ``recipients`` are added
     after them.  Bcc and Resent-Bcc are stripped from the data in either
     case.  The sender falls back to ``mail_address``, then the From: header.
+    A stream (the shell's stdin) is spooled so a big message is never held
+    in memory: only its header is.
     """
-    data = normalise_newlines(data)
-    if data and not data.endswith(b"\n"):
-        data += b"\n"
-    header = data[:header_end(data)]
+    if isinstance(data, (bytes, bytearray)):
+        data = normalise_newlines(bytes(data))
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        end = header_end(data)
+        header, body = data[:end], None
+    else:
+        header, body = _split_stream(data)
     rcpts = deduce_recipients(header) if extract else []
     rcpts += list(recipients or [])
     if not rcpts:
@@ -196,7 +204,64 @@ def prepare(data: bytes, *, sender: str | None, recipients: list[str] | None,
     check_address(envelope_sender, "sender")
     for r in rcpts:
         check_address(r, "recipient")
-    return Envelope(envelope_sender, rcpts, strip_bcc(data), label)
+    if body is None:
+        return Envelope(envelope_sender, rcpts, strip_bcc(data), label)
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    out.write(strip_bcc(header))
+    shutil.copyfileobj(body, out, CHUNK)
+    body.close()
+    out.seek(0)
+    return Envelope(envelope_sender, rcpts, out, label)
+
+
+SPOOL_IN_MEMORY = 1 << 20
+MAX_HEADER = 1 << 20
+
+
+def _split_stream(stream: BinaryIO) -> tuple[bytes, BinaryIO]:
+    """(header area, spooled rest) with LF line ends and a final LF."""
+    lines: list[bytes] = []
+    size = 0
+    rest = b""
+    while True:
+        line = stream.readline(MAX_HEADER)
+        if not line:
+            break
+        if line.endswith(b"\r\n"):
+            line = line[:-2] + b"\n"
+        elif not line.endswith(b"\n"):
+            line += b"\n"
+        if _EOH.match(line):
+            rest = line
+            break
+        lines.append(line)
+        size += len(line)
+        if size > MAX_HEADER:
+            raise MessageError("header area larger than 1 MiB: not a mail message?")
+    body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    body.write(rest)
+    last = rest[-1:] or (lines[-1][-1:] if lines else b"")
+    pending_cr = False
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        if pending_cr:
+            chunk = b"\r" + chunk
+        pending_cr = chunk.endswith(b"\r")
+        if pending_cr:
+            chunk = chunk[:-1]
+        chunk = chunk.replace(b"\r\n", b"\n")
+        if chunk:
+            body.write(chunk)
+            last = chunk[-1:]
+    if pending_cr:
+        body.write(b"\r")
+        last = b"\r"
+    if last not in (b"\n", b""):
+        body.write(b"\n")
+    body.seek(0)
+    return b"".join(lines), body
 
 
 # --- the wire -----------------------------------------------------------------
@@ -207,8 +272,26 @@ class DataInfo:
     eight_bit: bool    # any byte >= 0x80
 
 
-def _open(data: bytes | Path) -> BinaryIO:
-    return open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)
+class _Shared:
+    """A caller's open file, rewound, and not closed by ``with``."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+
+    def __enter__(self) -> BinaryIO:
+        self.f.seek(0)
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _open(data: "bytes | Path | BinaryIO"):
+    if isinstance(data, Path):
+        return open(data, "rb")
+    if isinstance(data, (bytes, bytearray)):
+        return io.BytesIO(data)
+    return _Shared(data)
 
 
 def _lines(f: BinaryIO) -> Iterator[bytes]:

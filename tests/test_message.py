@@ -180,3 +180,19 @@ def test_eight_bit_detected_across_chunks(tmp_path):
     chunks = list(message.wire_chunks(path, chunk=4096))
     assert len(chunks) > 1
     assert b"".join(chunks).endswith(b"\xc3\xa9\r\n.\r\n")
+
+
+@pytest.mark.parametrize("data", [
+    b"From: a@x.y\r\nTo: b@x.y\r\nBcc: c@x.y,\r\n d@x.y\r\n\r\nbody\r\nlast",
+    b"To: b@x.y\n\n" + b"x" * (message.CHUNK - 1) + b"\r\n" + b"y" * 10 + b"\r",
+    b"To: b@x.y\nSubject: no body",
+    b"To: b@x.y\n\n" + bytes(range(256)) * 600,
+    b"Resent-To: r@x.y\nTo: t@x.y\nResent-Bcc: h@x.y\n\n.\n..\n",
+])
+def test_stream_prepare_equals_bytes_prepare(data):
+    import io
+    a = message.prepare(data, sender="s@x.y", recipients=None, extract=True)
+    b = message.prepare(io.BytesIO(data), sender="s@x.y", recipients=None, extract=True)
+    assert a.recipients == b.recipients
+    assert message.encode(a.data) == message.encode(b.data)
+    assert message.data_info(a.data) == message.data_info(b.data)

@@ -44,9 +44,12 @@ ert: $(VENV)/.installed
 demo: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tests.demo
 
-bench:
-	@echo "make bench: the benchmarks are issue 5 and not written yet." >&2
-	@exit 1
+# Benchmarks (issue 5): prints one table of medians; never part of `make test`.
+# Installs postfix (smtp-sink/smtp-source only; its daemon is never started),
+# msmtp and emacs-nox when missing and root.  BENCH_ARGS=--quick for a smoke run.
+bench: $(VENV)/.installed
+	sh bench/install-deps.sh
+	PATH="$(abspath $(BIN)):$$PATH" EMACS="$(EMACS)" $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -9,7 +9,6 @@ need=""
 [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ] || need="$need postfix"
 command -v msmtp >/dev/null 2>&1 || need="$need msmtp"
 command -v emacs >/dev/null 2>&1 || need="$need emacs-nox"
-command -v hyperfine >/dev/null 2>&1 || need="$need hyperfine"
 [ -x /usr/bin/time ] || need="$need time"
 
 if [ -z "$need" ]; then

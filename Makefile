@@ -30,7 +30,7 @@ emacs-nox:
 	  fi; \
 	fi
 
-test: deps pytest ert
+test: deps ert pytest
 
 pytest: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest

@@ -61,7 +61,15 @@ def settings(server, host: str = "127.0.0.1", **kw) -> Settings:
 
 
 def deliver(s: Settings, env: Envelope | None = None, tap: Tap | None = None) -> str:
-    return smtp.send(s, env or envelope(), credentials=auth.FileCredentials(s), transcript=tap)
+    """Send, and whatever happens, check the transcript and error leak no secret."""
+    tap = tap if tap is not None else Tap()
+    try:
+        return smtp.send(s, env or envelope(), credentials=auth.FileCredentials(s), transcript=tap)
+    except Exception as e:
+        assert_no_secret(tap.text, str(e))
+        raise
+    finally:
+        assert_no_secret(tap.text)
 
 
 def commands(server) -> list[str]:
@@ -487,3 +495,26 @@ def test_prepare_then_send_fixture_message(smtp_server):
     expected = (fixtures / "delivered" / "1-a.data.eml").read_bytes()
     assert srv.messages[0].data == expected
     assert srv.messages[0].mail_options == ["SIZE=424"]
+
+
+def test_client_certificate_from_authinfo(smtp_server, ssl_cert_env, authinfo, tls_ca):
+    srv = smtp_server(tls="starttls", request_client_cert=True)
+    s = settings(srv, auth_sources=authinfo(
+        f'machine 127.0.0.1 port {srv.port} key "{tls_ca.client_key_pem}" '
+        f'cert "{tls_ca.client_cert_pem}"'))
+    deliver(s)
+    [m] = srv.messages
+    assert m.tls
+    assert srv.sessions[m.session_id].client_cert_subject
+
+
+def test_530_path_transcript_redacted(smtp_server):
+    srv = smtp_server(auth=["LOGIN"], users={USER: SECRET}, auth_required=True)
+    tap = Tap()
+
+    def provider(host, port, user, required):
+        return auth.Credentials(user=USER, secret=SECRET) if required else None
+
+    smtp.send(settings(srv), envelope(), credentials=provider, transcript=tap)
+    assert "C: AUTH LOGIN" in tap.text and tap.text.count(smtp.REDACTED) == 2
+    assert_no_secret(tap.text)

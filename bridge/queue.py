@@ -278,6 +278,22 @@ def _char(code: int) -> str:
     return chr(code)
 
 
+def read_forms(text: str) -> list:
+    """Every top-level form of TEXT as data (sexpdata types); UnsafeEl if unreadable.
+
+    Strings follow Emacs's escape rules; ``nil``/``t`` stay Symbols; any
+    read syntax beyond lists, strings, integers, symbols and ``'`` is refused.
+    """
+    try:
+        return _ElParser(text).parse()
+    except _Reject as e:
+        raise UnsafeEl(str(e)) from None
+    except RecursionError:
+        raise UnsafeEl("lists nested too deeply") from None
+    except Exception as e:          # sexpdata's own errors: unbalanced parens
+        raise UnsafeEl(f"unreadable ({type(e).__name__}: unbalanced parentheses?)") from None
+
+
 @dataclass
 class ElContents:
     """What a safe ``.el`` file says."""
@@ -382,14 +398,7 @@ def parse_el(raw: bytes) -> ElContents:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UnsafeEl("file is not valid UTF-8") from None
-    try:
-        forms = _ElParser(text).parse()
-    except _Reject as e:
-        raise UnsafeEl(str(e)) from None
-    except RecursionError:
-        raise UnsafeEl("lists nested too deeply") from None
-    except Exception as e:          # sexpdata's own errors: unbalanced parens
-        raise UnsafeEl(f"unreadable ({type(e).__name__}: unbalanced parentheses?)") from None
+    forms = read_forms(text)
     if not forms:
         raise UnsafeEl("file holds no expression")
     if len(forms) > 1:

@@ -197,7 +197,7 @@ def flush(settings: "Settings", *,
         credentials = file_credentials(settings)
     queue = open_queue(settings)
     report = FlushReport()
-    with queue.lock(settings.lock_timeout):
+    with queue.lock(settings.lock_timeout), queue.batch() as removals:
         scan = queue.scan()
         report.problems.extend(scan.problems)
         for unsafe in scan.unsafe:
@@ -245,7 +245,7 @@ def flush(settings: "Settings", *,
                         error = e
                 done += 1
                 if error is None:
-                    queue.remove(entry)
+                    removals.remove(entry)
                     report.sent.append(entry.id)
                     continue
                 state = failure_state(error)

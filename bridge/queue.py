@@ -69,7 +69,6 @@ CHUNK = 1024 * 1024
 # An unlisted data+.el pair younger than this may be an Emacs write whose
 # index line is a few milliseconds away; it is left for its writer.
 ORPHAN_GRACE_SECONDS = 60.0
-DEFAULT_BATCH_EVERY = 1000
 
 _STAMP_FORMAT = "%Y-%m-%d_%H:%M:%S"
 _NAME_RE = re.compile(
@@ -1222,8 +1221,8 @@ class Queue:
             raise QueueError("drop() needs the queue lock: use `with queue.lock(...)`")
         self.remove(entry)
 
-    def batch(self, every: int = DEFAULT_BATCH_EVERY) -> "IndexBatch":
-        """Removals whose index rewrite is deferred (see :class:`IndexBatch`)."""
+    def batch(self, every: int | None = None) -> "IndexBatch":
+        """Removals whose index rewrite is amortised (see :class:`IndexBatch`)."""
         return IndexBatch(self, every)
 
     def compact(self) -> None:
@@ -1231,7 +1230,7 @@ class Queue:
         if self.index_path.exists():
             self._rewrite_index(set())
 
-    def _rewrite_index(self, drop_ids: set[str]) -> None:
+    def _rewrite_index(self, drop_ids: set[str]) -> int:
         """Atomically rewrite the index without DROP_IDS' lines.
 
         Re-reads the index under the index lock, so lines appended meanwhile
@@ -1242,7 +1241,7 @@ class Queue:
         with self._index_lock():
             raw = self._read_index()
             if raw is None:
-                return
+                return 0
             out: list[bytes] = []
             seen: set[str] = set()
             for line in parse_index(raw):
@@ -1260,7 +1259,7 @@ class Queue:
                 out.append(os.fsencode(str(self.data_path(name))))
             new = b"".join(line + b"\n" for line in out)
             if new == raw:
-                return
+                return len(out)
             tmp = self._write_temp([new])
             try:
                 os.rename(tmp, self.index_path)
@@ -1269,22 +1268,36 @@ class Queue:
                     os.unlink(tmp)
                 raise
             _fsync_dir(self.index_path.parent)
+            return len(out)
 
 
 class IndexBatch:
-    """Deferred index rewrites for a flush: O(N) instead of O(N^2).
+    """Index rewrites for a flush: after each removal, yet O(N) in all.
 
-    ``remove(entry)`` deletes the files at once (so a message is never sent
-    twice by us), but its index line is dropped only every EVERY removals and
-    when the batch ends (also on error).  In between, the lines are stale:
-    harmless for scan() (skipped), but an Emacs flush run meanwhile would
-    stop at the first one.
+    ``remove(entry)`` deletes the files at once (and fsyncs the directory,
+    so a delivered message cannot come back after an OS crash).  Its index
+    line is dropped by a rewrite that happens when the stale lines reach
+    1/FRACTION of the index as last written, or INTERVAL seconds after the
+    last rewrite, and when the batch ends (also on error).  So a queue of up
+    to FRACTION entries is rewritten after every removal (an Emacs flush
+    started meanwhile never meets a stale line), a big flush costs O(N)
+    line writes instead of O(N^2), and at any moment at most 1/FRACTION of
+    the lines, or INTERVAL seconds' worth, are stale.  With ``every`` the
+    rewrite happens every EVERY removals instead (tests, benchmarks).
     """
 
-    def __init__(self, queue: Queue, every: int = DEFAULT_BATCH_EVERY) -> None:
+    FRACTION = 16
+    INTERVAL = 0.5
+
+    def __init__(self, queue: Queue, every: int | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.queue = queue
-        self.every = max(1, every)
+        self.every = None if every is None else max(1, every)
         self.pending: set[str] = set()
+        self.clock = clock
+        self.last = clock()
+        raw = queue._read_index()
+        self.lines = len(parse_index(raw)) if raw else 0
 
     def __enter__(self) -> "IndexBatch":
         return self
@@ -1292,17 +1305,25 @@ class IndexBatch:
     def __exit__(self, *exc: object) -> None:
         self.flush()
 
+    def due(self) -> bool:
+        n = len(self.pending)
+        if self.every is not None:
+            return n >= self.every
+        return (n * self.FRACTION >= self.lines
+                or self.clock() - self.last >= self.INTERVAL)
+
     def remove(self, entry: Entry | Unsafe) -> None:
         self.queue._delete_files(entry)
+        _fsync_dir(self.queue.directory)
         self.pending.add(entry.id)
-        if len(self.pending) >= self.every:
+        if self.due():
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
             ids, self.pending = self.pending, set()
-            _fsync_dir(self.queue.directory)
-            self.queue._rewrite_index(ids)
+            self.lines = self.queue._rewrite_index(ids)
+            self.last = self.clock()
 
 
 # --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from bridge.auth import Credentials, FileCredentials, parse_netrc
 from bridge.config import Settings
 from bridge.errors import AuthError
 
-FIXTURES = Path("/work/shared/fixtures/transcripts")
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "transcripts"
 USER = "alice@example.org"
 SECRET = 's3cr"et pass'
 CI = os.environ.get("CI") == "true"

@@ -21,12 +21,12 @@ from sexpdata import Symbol
 
 from bridge import errors
 from bridge.config import Settings
-from bridge.queue import (
+from bridge.queue import (IndexBatch, 
     ORPHAN_GRACE_SECONDS, Queue, UnsafeEl, el_pairs, format_el, parse_el,
     parse_index, prin1, read_forms, to_queue_lines,
 )
 
-FIXTURES = Path("/work/shared/fixtures/emacs-queue/queued-mail")
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "emacs-queue" / "queued-mail"
 EMACS_DIR = "/home/user/Mail/queued-mail/"
 FIXED_TIME = 1796334680.0          # 2026-12-03 21:51:20 UTC
 FORK = multiprocessing.get_context("fork")
@@ -751,3 +751,36 @@ def test_real_emacs_flushes_a_queue_written_by_add(tmp_path, emacs_bin, smtp_ser
     assert q.index_path.read_bytes() == b""
     assert sorted(p.name for p in qdir.iterdir() if not p.name.startswith(".")) == ["index"]
     assert q.scan().entries == []
+
+
+def test_batch_rewrites_after_each_removal_for_small_queues(tmp_path):
+    q = Queue(tmp_path / "q")
+    entries = [q.add(b"To: a@x.y\n\nhi\n", ["a@x.y"]) for _ in range(5)]
+    with q.batch() as b:
+        for i, e in enumerate(entries):
+            b.remove(e)
+            lines = (q.directory / "index").read_bytes().splitlines()
+            assert len(lines) == len(entries) - i - 1      # no stale line, ever
+    assert (q.directory / "index").read_bytes() == b""
+
+
+def test_batch_is_amortised_for_big_queues(tmp_path):
+    q = Queue(tmp_path / "q")
+    entries = [q.add(b"To: a@x.y\n\nhi\n", ["a@x.y"]) for _ in range(160)]
+    rewrites = []
+    real = q._rewrite_index
+
+    def counting(ids):
+        rewrites.append(len(ids))
+        return real(ids)
+
+    q._rewrite_index = counting
+    frozen = [0.0]
+    with IndexBatch(q, clock=lambda: frozen[0]) as b:
+        for e in entries:
+            b.remove(e)
+            stale = len((q.directory / "index").read_bytes().splitlines()) - len(q.scan().entries)
+            assert stale * IndexBatch.FRACTION <= 160
+    assert sum(rewrites) == 160
+    assert len(rewrites) < 160 // 2           # far fewer rewrites than removals
+    assert (q.directory / "index").read_bytes() == b""

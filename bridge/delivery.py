@@ -166,6 +166,9 @@ def entry_settings(settings: "Settings", entry: "Entry") -> "Settings":
                       ("service", "smtp_service"), ("user", "smtp_user")):
         if key in stored:
             changes[name] = stored[key]
+    # smtpmail's aliases for stream types: tls = ssl, network = nil
+    if changes.get("stream_type") in ("tls", "network"):
+        changes["stream_type"] = "ssl" if changes["stream_type"] == "tls" else None
     return settings.replace(**changes) if changes else settings
 
 

@@ -285,3 +285,12 @@ def test_check_hints_auth_only_after_starttls(smtp_server, home, tls_ca):
 def test_version_and_help(home, tls_ca):
     r = run(["--version"], home, tls_ca)
     assert r.returncode == 0 and r.stdout.startswith(b"smtpmail-bridge ")
+
+
+def test_check_hints_ehlo_name_rejected(smtp_server, home, tls_ca):
+    srv = smtp_server(reject_helo_name=".")
+    write_config(home, srv)
+    r = run(["check"], home, tls_ca)
+    out = r.stdout.decode()
+    assert r.returncode == 69
+    assert "501" in out and "set local-domain" in out

@@ -337,3 +337,18 @@ def test_progress_line_only_on_a_terminal(smtp_server, tmp_path):
     text = out.decode()
     assert "1/3 r0@x.y" in text and "3/3 r2@x.y" in text and "msg/s" in text
     assert "sent 3, failed 0" in text
+
+
+def test_stored_stream_type_aliases(tmp_path):
+    q = Queue(tmp_path / "q")
+    a = q.add(b"To: t@x.y\n\nhi\n", ["t@x.y"], stored={"server": "h", "stream_type": "tls",
+                                                         "service": 465, "user": None})
+    b = q.add(b"To: t@x.y\n\nhi\n", ["t@x.y"], stored={"server": "h", "stream_type": "network",
+                                                         "service": 25, "user": None})
+    base = Settings(stream_type="plain")
+    by_id = {e.id: e for e in q.scan().entries}
+    assert delivery.entry_settings(base, by_id[a.id]).stream_type == "ssl"
+    assert delivery.entry_settings(base, by_id[b.id]).stream_type is None
+    # an entry that stored nothing keeps the flushing session's settings
+    c = q.add(b"To: t@x.y\n\nhi\n", ["t@x.y"])
+    assert delivery.entry_settings(base, {e.id: e for e in q.scan().entries}[c.id]) is base

@@ -276,9 +276,12 @@ def cmd_show(ns: argparse.Namespace) -> int:
     settings, _ = load_settings(_options(ns))
     queue = delivery.open_queue(settings)
     for i, ident in enumerate(ns.ids):
-        e = queue.find(ident)
+        e = queue.find(ident, include_unsafe=True)
         if i:
             print()
+        if not hasattr(e, "recipients"):
+            print(f"id: {e.id}\nfile: {e.data_path}\nstate: unsafe (left untouched): {e.reason}")
+            continue
         print(f"id: {e.id}")
         print(f"file: {e.data_path}")
         print(f"date: {e.date}")
@@ -305,9 +308,9 @@ def cmd_drop(ns: argparse.Namespace) -> int:
     settings, _ = load_settings(_options(ns))
     queue = delivery.open_queue(settings)
     with queue.lock(settings.lock_timeout):
-        entries = [queue.find(i) for i in ns.ids]
+        entries = [queue.find(i, include_unsafe=True) for i in ns.ids]
         for e in entries:
-            queue.remove(e)
+            queue.drop(e)
     return EX_OK
 
 

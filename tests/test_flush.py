@@ -352,3 +352,22 @@ def test_stored_stream_type_aliases(tmp_path):
     # an entry that stored nothing keeps the flushing session's settings
     c = q.add(b"To: t@x.y\n\nhi\n", ["t@x.y"])
     assert delivery.entry_settings(base, {e.id: e for e in q.scan().entries}[c.id]) is base
+
+
+def test_cli_show_and_drop_an_unsafe_entry(tmp_path):
+    qdir = tmp_path / "q"
+    q = Queue(qdir)
+    q.add(b"To: t@x.y\n\nhi\n", ["t@x.y"])
+    bad = qdir / "2026-12-03_22:51:20_1"
+    bad.write_bytes(b"To: x@y.z\n\nhi\n")
+    (qdir / "2026-12-03_22:51:20_1.el").write_text('(setq smtpmail-recipient-address-list (list "x"))\n')
+    with open(qdir / "index", "a") as f:
+        f.write(f"{bad}\n")
+    env = cli_env(tmp_path, 1, qdir)
+    show = subprocess.run([sys.executable, "-m", "bridge", "show", "2026-12-03_22:51:20_1"],
+                          env=env, capture_output=True, timeout=60)
+    assert show.returncode == 0 and b"unsafe" in show.stdout
+    drop = subprocess.run([sys.executable, "-m", "bridge", "drop", "2026-12-03_22:51:20_1"],
+                          env=env, capture_output=True, timeout=60)
+    assert drop.returncode == 0, drop.stderr
+    assert not bad.exists() and len(Queue(qdir).scan().entries) == 1

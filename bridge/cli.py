@@ -375,6 +375,18 @@ global options: --config FILE --smtp-server HOST --smtp-service PORT
 """
 
 
+SEND_HELP = """
+send: the message on stdin, as sendmail reads it.
+  -t                 recipients from To/Cc/Bcc (Resent-* when present); Bcc removed
+  -f SENDER, -r      envelope sender (else mail-address, else From:)
+  -i, -oi            accepted; a lone "." never ends input
+  -F NAME, -oem, -odb, -odi, -oep, -v, -N, -B, -V, -R   accepted as sendmail does
+  --queue, -odq      queue instead of sending (queue-mail)
+  --queue-on-failure queue the message if it cannot be sent now, exit 0
+exit: 0 sent, 75 try later, 69 rejected, 65 bad message, 77 auth, 78 config, 64 usage
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``smtpmail-bridge``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -388,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return EX_OK
     verb, before, after = split_verb(argv)
+    if verb == "send" and ("--help" in after or "-h" in after):
+        sys.stdout.write(USAGE + SEND_HELP)
+        return EX_OK
     if verb == "send":
         return _run(lambda: cmd_send(parse_send(before + after)))
     return _run(lambda: COMMANDS[verb](_verb_args(verb, _long_only(before) + after)))

@@ -228,7 +228,10 @@ def cmd_send(args: SendArgs, stdin=None) -> int:
     outcome = delivery.send_or_queue(settings, env, transcript=transcript,
                                      queue_on_failure=args.queue_on_failure)
     if outcome.error is not None:
-        _err(f"not sent, queued as {outcome.entry_id}: {outcome.error}")
+        state = delivery.failure_state(outcome.error)
+        _err(f"not sent, queued ({state}) as {outcome.entry_id}: {outcome.error}")
+        if state == "rejected":
+            return outcome.error.exit_code     # kept on disk, but the caller must know
     return EX_OK
 
 

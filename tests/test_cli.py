@@ -294,3 +294,21 @@ def test_check_hints_ehlo_name_rejected(smtp_server, home, tls_ca):
     out = r.stdout.decode()
     assert r.returncode == 69
     assert "501" in out and "set local-domain" in out
+
+
+def test_queue_on_failure_keeps_the_message(smtp_server, home, tls_ca):
+    from bridge.queue import Queue
+    srv = smtp_server()
+    srv.fail("MAIL", 451, "4.3.0 later", times=2)
+    srv.fail("RCPT", 550, "5.1.1 no such user", match="x@example.org")
+    qdir = home / "q"
+    write_config(home, srv, retries=1, **{"queue-dir": str(qdir)})
+    for _ in range(2):
+        r = run(["send", "--queue-on-failure", "-t"], home, tls_ca, README_MESSAGE)
+        assert r.returncode == 0 and b"queued (deferred)" in r.stderr and b"451" in r.stderr
+    r = run(["send", "--queue-on-failure", "-t"], home, tls_ca, README_MESSAGE)
+    assert r.returncode == 69 and b"queued (rejected)" in r.stderr
+    entries = Queue(qdir).scan().entries
+    assert [e.state for e in entries] == ["deferred", "deferred", "rejected"]
+    assert all(e.data_path.read_bytes() == README_MESSAGE for e in entries)
+    assert not srv.messages

@@ -298,7 +298,7 @@ def test_check_hints_ehlo_name_rejected(smtp_server, home, tls_ca):
 
 def test_queue_on_failure_keeps_the_message(smtp_server, home, tls_ca):
     from bridge.queue import Queue
-    srv = smtp_server()
+    srv = smtp_server(pipelining=False)     # a pipelined RCPT would use up the RCPT fault
     srv.fail("MAIL", 451, "4.3.0 later", times=2)
     srv.fail("RCPT", 550, "5.1.1 no such user", match="x@example.org")
     qdir = home / "q"

@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 from bridge import message as msg
 from bridge.errors import (AmbiguousDeliveryError, AuthError, BridgeError,
@@ -29,12 +29,6 @@ CredentialProvider = Callable[[str, "int | str", "str | None", bool], "Credentia
 Transcript = Callable[[str, str], None]
 
 REDACTED = "<redacted>"
-
-# The EHLO keywords smtpmail recognises, plus the ones we use ourselves.
-KNOWN_EXTENSIONS = frozenset(
-    "verb xvrb 8bitmime onex xone expn size dsn etrn enhancedstatuscodes help "
-    "xusr auth=login auth starttls pipelining smtputf8".split())
-
 
 # --- pure protocol helpers ---------------------------------------------------
 

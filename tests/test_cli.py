@@ -38,7 +38,7 @@ def env_for(home: Path, tls_ca, **extra: str) -> dict[str, str]:
 def write_config(home: Path, server, **settings: object) -> None:
     cfg = home / ".config" / "smtpmail-bridge"
     cfg.mkdir(parents=True, exist_ok=True)
-    lines = [f'smtp-server = "127.0.0.1"', f"smtp-service = {server.port}",
+    lines = ['smtp-server = "127.0.0.1"', f"smtp-service = {server.port}",
              'mail-address = "alice@example.org"', "retry-delay = 0"]
     for k, v in settings.items():
         lines.append(f"{k} = {json.dumps(v)}")

@@ -2,6 +2,6 @@
 
 import sys
 
-from bridge.cli import main
+from bridge.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

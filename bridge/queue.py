@@ -1244,6 +1244,8 @@ class Queue:
                 return 0
             out: list[bytes] = []
             seen: set[str] = set()
+            present = set(os.listdir(self.directory))   # one listing, not 2 stats a line
+            prefix = os.fsencode(str(self.directory)) + b"/"
             for line in parse_index(raw):
                 if line.text == "":
                     continue
@@ -1253,10 +1255,10 @@ class Queue:
                     continue
                 if name in drop_ids or name in seen:
                     continue
-                if not (self.data_path(name).exists() or self._el(name).exists()):
+                if name not in present and name + ".el" not in present:
                     continue
                 seen.add(name)
-                out.append(os.fsencode(str(self.data_path(name))))
+                out.append(prefix + os.fsencode(name))
             new = b"".join(line + b"\n" for line in out)
             if new == raw:
                 return len(out)

@@ -136,10 +136,11 @@ def tls_context(client_cert: tuple[str, str] | None = None) -> ssl.SSLContext:
 class _SMTP(smtplib.SMTP):
     """smtplib with a redacting transcript hook on every line both ways."""
 
-    def __init__(self, transcript: Transcript | None, timeout: float) -> None:
+    def __init__(self, transcript: Transcript | None, timeout: float, name: str) -> None:
         self._transcript = transcript
         self.in_auth = False
-        super().__init__(timeout=timeout)
+        # Passing our EHLO name spares smtplib's socket.getfqdn() (a DNS lookup).
+        super().__init__(timeout=timeout, local_hostname=name)
 
     def send(self, s: str | bytes) -> None:  # noqa: D401 - smtplib API
         if self._transcript and isinstance(s, str):
@@ -156,11 +157,11 @@ class _SMTP(smtplib.SMTP):
 
 
 class _SSL(_SMTP, smtplib.SMTP_SSL):
-    def __init__(self, transcript: Transcript | None, timeout: float,
+    def __init__(self, transcript: Transcript | None, timeout: float, name: str,
                  context: ssl.SSLContext) -> None:
         self._transcript = transcript
         self.in_auth = False
-        smtplib.SMTP_SSL.__init__(self, timeout=timeout, context=context)
+        smtplib.SMTP_SSL.__init__(self, timeout=timeout, context=context, local_hostname=name)
 
 
 @dataclass
@@ -216,11 +217,12 @@ class Connection:
         if stream in (None, "starttls", "ssl"):
             client_cert = _client_cert(self.host, s)
         try:
+            name = ehlo_name(s.local_domain)
             if stream == "ssl":
-                self.smtp = _SSL(self.transcript, s.connect_timeout,
+                self.smtp = _SSL(self.transcript, s.connect_timeout, name,
                                  tls_context(client_cert))
             else:
-                self.smtp = _SMTP(self.transcript, s.connect_timeout)
+                self.smtp = _SMTP(self.transcript, s.connect_timeout, name)
             self.smtp._host = self.host     # smtplib sets it only in __init__
             self.note(f"connecting to {self.host} port {port}"
                       + (" (TLS)" if stream == "ssl" else ""))

@@ -196,3 +196,32 @@ def test_stream_prepare_equals_bytes_prepare(data):
     assert a.recipients == b.recipients
     assert message.encode(a.data) == message.encode(b.data)
     assert message.data_info(a.data) == message.data_info(b.data)
+
+
+def _reference_wire(data: bytes) -> tuple[bytes, int]:
+    """The rule written plainly, line by line: what the block encoder must equal."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    out, size = [], 0
+    for line in lines:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        size += len(line) + 2
+        out.append((b"." if line.startswith(b".") else b"") + line + b"\r\n")
+    return b"".join(out) + b".\r\n", size
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\xc3\xa9", b".."]),
+                max_size=60).map(b"".join),
+       st.integers(min_value=1, max_value=9))
+def test_block_encoder_equals_line_rule(data, chunk):
+    import io
+    wire, size = _reference_wire(data)
+    assert b"".join(message.wire_chunks(io.BytesIO(data), chunk=chunk)) == wire
+    info = message.data_info(data)
+    assert info.size == size and info.eight_bit == (not data.isascii())

@@ -307,3 +307,34 @@ def test_shim_byte_compiles_cleanly_and_passes_checkdoc(emacs_bin, tmp_path):
                        capture_output=True, text=True, timeout=NO_HANG)
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr, r.stderr
+
+
+def test_queue_buffer_retry_brings_back_a_rejected_entry(emacs_bin, home, smtp_server):
+    from bridge.queue import Queue
+    srv = smtp_server()
+    q = Queue(home / "Mail" / "queued-mail")
+    entry = q.add(b"From: a@example.org\nTo: bob@example.net\nSubject: set aside\n\nhi\n",
+                  ["bob@example.net"], sender="a@example.org")
+    q.set_state(entry, "rejected", error="550 5.7.1 relaying denied")
+    body = """
+(smtpmail-bridge-send-queued-mail)
+(test-mark "first=%S" (smtpmail-bridge-wait 100))
+(smtpmail-bridge-list-queue)
+(with-current-buffer "*smtpmail-bridge queue*"
+  (goto-char (point-min))
+  (smtpmail-bridge-queue-retry))
+(smtpmail-bridge-send-queued-mail)
+(test-mark "second=%S" (smtpmail-bridge-wait 100))
+"""
+    sent_before_retry = []
+
+    def marks(line, proc):
+        if line.startswith("first="):
+            sent_before_retry.append(len(srv.messages))
+    r = run_emacs(emacs_bin, home, body, port=srv.port, marks=marks)
+    assert r.returncode == 0, r.stderr
+    assert "MARK first=t" in r.stderr and "MARK second=t" in r.stderr
+    # the set-aside entry was not sent by the first flush, only after retry
+    assert sent_before_retry == [0]
+    assert [m.rcpt_tos for m in srv.messages] == [["bob@example.net"]]
+    assert queued(home) == []

@@ -197,5 +197,18 @@
     (puthash 1 (smtpmail-bridge--make-job :id 1 :op 'send) smtpmail-bridge--jobs)
     (should-not (smtpmail-bridge-wait 0))))
 
+(ert-deftest smtpmail-bridge-missing-backend-is-a-clear-error ()
+  "A wrong `smtpmail-bridge-program' says so, and the buffer is left as it was."
+  (let ((smtpmail-bridge-program '("/nonexistent/smtpmail-bridge" "serve"))
+        (smtpmail-bridge--process nil)
+        (user-mail-address "alice@example.org"))
+    (with-temp-buffer
+      (mail-mode)
+      (insert "To: b@example.org\nSubject: x\n" mail-header-separator "\nhi\n")
+      (let ((before (buffer-string))
+            (err (should-error (smtpmail-bridge-send-it) :type 'smtpmail-bridge-error)))
+        (should (string-match-p "/nonexistent/smtpmail-bridge\" not found" (cadr err)))
+        (should (equal (buffer-string) before))))))
+
 (provide 'smtpmail-bridge-tests)
 ;;; smtpmail-bridge-tests.el ends here

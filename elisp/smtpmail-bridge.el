@@ -140,6 +140,11 @@ so no huge line crosses the pipe."
 (defun smtpmail-bridge--ensure-process ()
   "Start the backend unless it is running; return the process."
   (unless (smtpmail-bridge--live-p)
+    (unless (and (car smtpmail-bridge-program)
+                 (executable-find (car smtpmail-bridge-program)))
+      (signal 'smtpmail-bridge-error
+              (list (format "Cannot start the backend: %S not found (see `smtpmail-bridge-program')"
+                            (car smtpmail-bridge-program)))))
     (setq smtpmail-bridge--partial ""
           smtpmail-bridge--hello nil
           smtpmail-bridge--process

@@ -338,3 +338,31 @@ def test_queue_buffer_retry_brings_back_a_rejected_entry(emacs_bin, home, smtp_s
     assert sent_before_retry == [0]
     assert [m.rcpt_tos for m in srv.messages] == [["bob@example.net"]]
     assert queued(home) == []
+
+
+def test_big_message_crosses_as_a_file_byte_for_byte(emacs_bin, home, smtp_server):
+    """Above smtpmail-bridge-inline-limit the bytes go through a temp file."""
+    srv = smtp_server()
+    body = """
+(defvar test-temp-files nil)
+(advice-add 'make-temp-file :filter-return (lambda (f) (push f test-temp-files) f))
+(let ((smtpmail-bridge-async nil) (smtpmail-bridge-inline-limit 1000))
+  (with-current-buffer (get-buffer-create "*big*")
+    (erase-buffer) (mail-mode)
+    (insert "To: bob@example.net\\nSubject: big\\nDate: Thu, 03 Dec 2026 22:51:20 +0100\\n"
+            "Message-Id: <big.1@example.org>\\n" mail-header-separator "\\n")
+    (dotimes (i 20000) (insert (format ".line %05d ümlaut \\t tab\\n" i)))
+    (smtpmail-bridge-send-it)))
+(test-mark "made=%d" (length test-temp-files))
+(test-mark "left=%S" (seq-filter #'file-exists-p test-temp-files))
+"""
+    r = run_emacs(emacs_bin, home, body, port=srv.port)
+    assert r.returncode == 0, r.stderr
+    [m] = srv.messages
+    lines = m.data.split(b"\r\n")
+    i = lines.index(b"")
+    assert len(lines[i + 1:-1]) == 20000
+    assert lines[i + 1] == ".line 00000 ümlaut \t tab".encode()
+    assert lines[-2] == ".line 19999 ümlaut \t tab".encode()
+    assert "MARK made=1" in r.stderr             # the bytes went through a file
+    assert "MARK left=nil" in r.stderr           # and it was cleaned up

@@ -195,7 +195,6 @@ def flush(settings: "Settings", *,
     Runs under the queue lock.  Entries sharing a server go over one SMTP
     session; each is removed only after the server's final 250.
     """
-    from bridge.smtp import Sender
     if credentials is None:
         credentials = file_credentials(settings)
     queue = open_queue(settings)
@@ -205,65 +204,90 @@ def flush(settings: "Settings", *,
         report.problems.extend(scan.problems)
         for unsafe in scan.unsafe:
             report.failures.append(EntryFailure(unsafe.id, "unsafe", unsafe.reason))
-        todo = []
+        groups: dict[tuple, list[tuple["Entry", "Settings"]]] = {}
         for entry in scan.entries:
             if only is not None and entry.id not in only:
                 continue
-            if entry.state in SENDABLE:
-                todo.append(entry)
-            else:
+            if entry.state not in SENDABLE:
                 report.skipped.append(entry.id)
-        groups: dict[tuple, list[tuple["Entry", "Settings"]]] = {}
-        for entry in todo:
+                continue
             s = entry_settings(settings, entry)
             groups.setdefault(server_key(s), []).append((entry, s))
-        total, done, start = len(todo), 0, time.monotonic()
+        run = _FlushRun(queue, removals, report, credentials, transcript, progress,
+                        total=sum(len(m) for m in groups.values()))
         for members in groups.values():
-            lines: list[str] = []
+            run.group(members)
+    return report
 
-            def tap(direction: str, line: str) -> None:
-                lines.append(f"{direction}: {line}")
-                if transcript:
-                    transcript(direction, line)
 
-            group_error: BridgeError | None = None
-            sender = None
-            try:
-                sender = Sender(members[0][1], credentials, tap)
-            except ConfigError as e:
-                group_error = e
+class _FlushRun:
+    """One flush's bookkeeping: progress, per-entry transcript, outcomes."""
+
+    def __init__(self, queue, removals, report: FlushReport, credentials, transcript,
+                 progress, total: int) -> None:
+        self.queue, self.removals, self.report = queue, removals, report
+        self.credentials, self.transcript, self.progress = credentials, transcript, progress
+        self.total, self.done, self.start = total, 0, time.monotonic()
+        self.lines: list[str] = []
+
+    def tap(self, direction: str, line: str) -> None:
+        self.lines.append(f"{direction}: {line}")
+        if self.transcript:
+            self.transcript(direction, line)
+
+    def group(self, members: list[tuple["Entry", "Settings"]]) -> None:
+        """Entries for one server, over one Sender (one SMTP session)."""
+        from bridge.smtp import Sender
+        group_error: BridgeError | None = None
+        sender = None
+        try:
+            sender = Sender(members[0][1], self.credentials, self.tap)
+        except ConfigError as e:
+            group_error = e
+        try:
             for entry, s in members:
-                lines.clear()
-                if progress:
-                    rate = done / max(time.monotonic() - start, 1e-6)
-                    progress(FlushProgress(done, total, entry.id,
-                                           entry.recipients[0] if entry.recipients else "", rate))
-                error = group_error
-                if error is None:
-                    try:
-                        env = _envelope(s, entry)
-                        assert sender is not None
-                        sender.deliver(env)
-                    except BridgeError as e:
-                        error = e
-                done += 1
-                if error is None:
-                    removals.remove(entry)
-                    report.sent.append(entry.id)
-                    continue
-                state = failure_state(error)
-                queue.set_state(entry, state, error=str(error), transcript="\n".join(lines))
-                report.failures.append(EntryFailure(entry.id, state, str(error)))
-                # A server we cannot reach or log in to fails the rest alike:
-                # do not wait for the same timeout once per message.
-                if isinstance(error, (AuthError, ConfigError)) or (
-                        isinstance(error, TransientError) and sender is not None
-                        and sender.conn is None and not isinstance(error, AmbiguousDeliveryError)
-                        and not _was_connected(lines)):
+                error = group_error or self.one(sender, entry, s)
+                if error is not None and _fails_the_rest(error, sender, self.lines):
                     group_error = error
+        finally:
             if sender is not None:
                 sender.close()
-    return report
+
+    def one(self, sender, entry: "Entry", s: "Settings") -> BridgeError | None:
+        """Deliver one entry and record the outcome; returns its error, if any."""
+        self.lines.clear()
+        if self.progress:
+            rate = self.done / max(time.monotonic() - self.start, 1e-6)
+            self.progress(FlushProgress(self.done, self.total, entry.id,
+                                        entry.recipients[0] if entry.recipients else "", rate))
+        self.done += 1
+        try:
+            sender.deliver(_envelope(s, entry))
+        except BridgeError as e:
+            error: BridgeError = e
+        except OSError as e:          # e.g. an Emacs flush removed the file meanwhile
+            error = TransientError(f"{entry.id}: cannot read the queued message: "
+                                   f"{e.strerror or e}")
+        else:
+            self.removals.remove(entry)
+            self.report.sent.append(entry.id)
+            return None
+        state = failure_state(error)
+        try:
+            self.queue.set_state(entry, state, error=str(error), transcript="\n".join(self.lines))
+        except (BridgeError, OSError) as e:
+            self.report.problems.append(f"{entry.id}: state not recorded: {e}")
+        self.report.failures.append(EntryFailure(entry.id, state, str(error)))
+        return error
+
+
+def _fails_the_rest(error: BridgeError, sender, lines: list[str]) -> bool:
+    """A server we cannot reach or log in to fails its other entries alike,
+    without waiting for the same timeout once per message."""
+    if isinstance(error, (AuthError, ConfigError)):
+        return True
+    return (isinstance(error, TransientError) and not isinstance(error, AmbiguousDeliveryError)
+            and sender is not None and sender.conn is None and not _was_connected(lines))
 
 
 def _was_connected(lines: list[str]) -> bool:

@@ -371,3 +371,24 @@ def test_cli_show_and_drop_an_unsafe_entry(tmp_path):
                           env=env, capture_output=True, timeout=60)
     assert drop.returncode == 0, drop.stderr
     assert not bad.exists() and len(Queue(qdir).scan().entries) == 1
+
+
+def test_entry_removed_by_someone_else_mid_flush_is_no_crash(smtp_server, tmp_path):
+    """Emacs takes no lock: its own flush may delete files under ours."""
+    import threading
+    srv = smtp_server()
+    q, entries = make_queue(tmp_path, 3)
+    hold = srv.hold("MAIL")
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        report=delivery.flush(qsettings(q.directory, srv.port))))
+    t.start()
+    assert hold.wait_reached(20)
+    entries[1].data_path.unlink()
+    entries[1].el_path.unlink()
+    hold.release()
+    t.join(60)
+    report = result["report"]
+    assert report.sent == [entries[0].id, entries[2].id]
+    assert [f.entry_id for f in report.failures] == [entries[1].id]
+    assert "cannot read the queued message" in report.failures[0].error

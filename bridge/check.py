@@ -70,6 +70,7 @@ def _cert_lines(sock: ssl.SSLSocket) -> list[str]:
 def run(settings: "Settings", out: TextIO, credentials=None) -> int:
     """Connect, report, QUIT.  Exit status 0 only when all went well."""
     from bridge import auth, smtp
+    from bridge.config import requires_authorization
 
     if credentials is None:
         credentials = auth.FileCredentials(settings)
@@ -82,7 +83,7 @@ def run(settings: "Settings", out: TextIO, credentials=None) -> int:
         if not settings.smtp_server:
             from bridge.errors import ConfigError
             raise ConfigError("smtp-server is not set")
-        conn.open(probe, smtp_requires(settings))
+        conn.open(probe, requires_authorization(settings))
     except BridgeError as e:
         error = e
     session = conn.session
@@ -123,11 +124,6 @@ def run(settings: "Settings", out: TextIO, credentials=None) -> int:
         return error.exit_code
     out.write("ok\n")
     return 0
-
-
-def smtp_requires(settings: "Settings") -> bool:
-    from bridge.config import requires_authorization
-    return requires_authorization(settings)
 
 
 class _Probe:

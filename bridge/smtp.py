@@ -196,18 +196,11 @@ class Connection:
             self.transcript("*", text)
 
     def _port_number(self) -> int:
-        port = self.port
-        if isinstance(port, int):
-            return port
-        if port.isdigit():
-            return int(port)
-        try:
-            return socket.getservbyname(port, "tcp")
-        except OSError:
-            fallback = {"smtp": 25, "submission": 587, "smtps": 465}
-            if port in fallback:
-                return fallback[port]
-            raise TransientError(f"unknown SMTP service name {port!r}") from None
+        from bridge.auth import service_port
+        port = service_port(self.port)
+        if port is None:
+            raise TransientError(f"unknown SMTP service name {self.port!r}")
+        return port
 
     def open(self, credentials: CredentialProvider | None, ask: bool) -> Session:
         s = self.settings

@@ -177,12 +177,13 @@ def server_key(s: "Settings") -> tuple:
 
 
 def entry_sender(settings: "Settings", entry: "Entry") -> str | None:
-    """smtpmail's flush rule: the recorded sender, else mail-address, else From:."""
+    """smtpmail's flush rule: the recorded sender, else mail-address (Emacs's
+    user-mail-address), else From:, else $EMAIL / login@host if valid."""
     if entry.sender:
         return entry.sender
     if settings.mail_address:
         return settings.mail_address
-    return msg.from_address(entry.headers())
+    return msg.from_address(entry.headers()) or msg.default_sender()
 
 
 def flush(settings: "Settings", *,

@@ -35,7 +35,7 @@ from bridge.errors import (AmbiguousDeliveryError, AuthError, BridgeError,
 if TYPE_CHECKING:
     from bridge.config import Settings
     from bridge.queue import Entry, Queue
-    from bridge.smtp import CredentialProvider, Transcript
+    from bridge.smtp import Cancel, CredentialProvider, Transcript
 
 
 @dataclass
@@ -85,12 +85,13 @@ def file_credentials(settings: "Settings") -> "CredentialProvider":
 
 def send(settings: "Settings", envelope: msg.Envelope, *,
          credentials: "CredentialProvider | None" = None,
-         transcript: "Transcript | None" = None) -> str:
+         transcript: "Transcript | None" = None, cancel: "Cancel | None" = None) -> str:
     """Deliver one envelope now; returns the server's final reply."""
     from bridge import smtp
     if credentials is None:
         credentials = file_credentials(settings)
-    return smtp.send(settings, envelope, credentials=credentials, transcript=transcript)
+    return smtp.send(settings, envelope, credentials=credentials, transcript=transcript,
+                     cancel=cancel)
 
 
 def stored_variables(settings: "Settings") -> dict[str, object] | None:
@@ -118,7 +119,7 @@ def queue_message(settings: "Settings", envelope: msg.Envelope) -> "Entry":
 def send_or_queue(settings: "Settings", envelope: msg.Envelope, *,
                   credentials: "CredentialProvider | None" = None,
                   transcript: "Transcript | None" = None,
-                  queue_on_failure: bool = False) -> Outcome:
+                  queue_on_failure: bool = False, cancel: "Cancel | None" = None) -> Outcome:
     """smtpmail-send-it's choice: queue-mail queues, else send now.
 
     With ``queue_on_failure`` a message the server did not accept is queued,
@@ -130,7 +131,7 @@ def send_or_queue(settings: "Settings", envelope: msg.Envelope, *,
         entry = queue_message(settings, envelope)
         return Outcome("queued", entry.id)
     try:
-        send(settings, envelope, credentials=credentials, transcript=transcript)
+        send(settings, envelope, credentials=credentials, transcript=transcript, cancel=cancel)
         return Outcome("sent")
     except BridgeError as e:
         if not queue_on_failure:
@@ -190,7 +191,7 @@ def flush(settings: "Settings", *,
           credentials: "CredentialProvider | None" = None,
           transcript: "Transcript | None" = None,
           progress: "Callable[[FlushProgress], None] | None" = None,
-          only: "list[str] | None" = None) -> FlushReport:
+          only: "list[str] | None" = None, cancel: "Cancel | None" = None) -> FlushReport:
     """smtpmail-send-queued-mail, fixed: per-entry settings, no stop on error.
 
     Runs under the queue lock.  Entries sharing a server go over one SMTP
@@ -215,7 +216,7 @@ def flush(settings: "Settings", *,
             s = entry_settings(settings, entry)
             groups.setdefault(server_key(s), []).append((entry, s))
         run = _FlushRun(queue, removals, report, credentials, transcript, progress,
-                        total=sum(len(m) for m in groups.values()))
+                        total=sum(len(m) for m in groups.values()), cancel=cancel)
         for members in groups.values():
             run.group(members)
     return report
@@ -225,7 +226,8 @@ class _FlushRun:
     """One flush's bookkeeping: progress, per-entry transcript, outcomes."""
 
     def __init__(self, queue, removals, report: FlushReport, credentials, transcript,
-                 progress, total: int) -> None:
+                 progress, total: int, cancel: "Cancel | None" = None) -> None:
+        self.cancel = cancel
         self.queue, self.removals, self.report = queue, removals, report
         self.credentials, self.transcript, self.progress = credentials, transcript, progress
         self.total, self.done, self.start = total, 0, time.monotonic()
@@ -242,11 +244,13 @@ class _FlushRun:
         group_error: BridgeError | None = None
         sender = None
         try:
-            sender = Sender(members[0][1], self.credentials, self.tap)
+            sender = Sender(members[0][1], self.credentials, self.tap, self.cancel)
         except ConfigError as e:
             group_error = e
         try:
             for entry, s in members:
+                if self.cancel is not None and self.cancel.is_set():
+                    return            # the rest stay queued, untouched
                 error = group_error or self.one(sender, entry, s)
                 if error is not None and _fails_the_rest(error, sender, self.lines):
                     group_error = error

@@ -80,6 +80,12 @@ class AmbiguousDeliveryError(TransientError):
     kind = "ambiguous"
 
 
+class Cancelled(TransientError):
+    """The caller (the Emacs shim's cancel) stopped the job before it finished."""
+
+    kind = "cancelled"
+
+
 class PermanentError(BridgeError):
     """A 5xx reply or a server that cannot take this message at all."""
 

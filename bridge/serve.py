@@ -17,18 +17,12 @@ from typing import Any, BinaryIO, Callable
 
 from bridge import __version__, protocol
 from bridge.config import Settings
-from bridge.errors import AuthError, BridgeError, MessageError, QueueError
+from bridge.errors import AuthError, BridgeError, Cancelled, MessageError, QueueError
 from bridge.protocol import ProtocolError, Request, Sym
 
 # Requests answered by the reader thread itself: they never block.
 INLINE_OPS = {"hello", "cancel", "credential", "shutdown"}
 SETTING_NAMES = {f.name.replace("_", "-") for f in dataclasses.fields(Settings)}
-
-
-class Cancelled(BridgeError):
-    """The shim cancelled the job (or went away) while it waited for it."""
-
-    kind = "cancelled"
 
 
 class _CredentialWait:
@@ -47,6 +41,8 @@ class Job:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.cancelled = threading.Event()
+        from bridge.smtp import Cancel
+        self.cancel = Cancel()          # stops its SMTP session, even mid-read
         self.thread: threading.Thread | None = None
         self.waits: list[int] = []
         self.auth_pending: int | None = None   # cid whose AUTH we watch for
@@ -289,6 +285,7 @@ class Server:
         if victim is None:
             return {"cancelled": None}
         victim.cancelled.set()
+        victim.cancel.set()
         for wait in waits:
             wait.refusal = "cancelled"
             wait.done.set()
@@ -323,7 +320,7 @@ class Server:
                 settings, envelope,
                 credentials=self.credential_provider(job, settings),
                 transcript=self.transcript(job, settings),
-                queue_on_failure=keep)
+                queue_on_failure=keep, cancel=job.cancel)
         except BridgeError as exc:
             if self.closing.is_set() and not isinstance(exc, (MessageError, QueueError)):
                 # Nobody is left to keep the message: hand it to the queue.
@@ -360,7 +357,7 @@ class Server:
         report = delivery.flush(settings,
                                 credentials=self.credential_provider(job, settings),
                                 transcript=self.transcript(job, settings),
-                                progress=progress)
+                                progress=progress, cancel=job.cancel)
         return {"sent": list(report.sent),
                 "failures": [_plain(f) for f in report.failures],
                 "skipped": list(report.skipped),

@@ -13,13 +13,14 @@ import re
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from bridge import message as msg
 from bridge.errors import (AmbiguousDeliveryError, AuthError, BridgeError,
-                           MessageError, PermanentError, TransientError)
+                           Cancelled, MessageError, PermanentError, TransientError)
 
 if TYPE_CHECKING:
     from bridge.auth import Credentials
@@ -131,6 +132,52 @@ def tls_context(client_cert: tuple[str, str] | None = None) -> ssl.SSLContext:
     return ctx
 
 
+# --- cancelling from another thread -------------------------------------------
+
+class Cancel:
+    """Lets another thread stop a Sender at once, even inside a blocked read.
+
+    ``set()`` shuts the live connections' sockets down; the blocked call
+    fails and the Sender raises Cancelled (or AmbiguousDeliveryError, if the
+    final "." had already gone out: the message may have been delivered).
+    Socket objects, not descriptor numbers, are kept: a closed socket object
+    no longer refers to its old number, which another connection may reuse.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._event.wait(seconds)
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            for sock in self._socks:
+                _shutdown(sock)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks = [s for s in self._socks if s.fileno() != -1]
+            self._socks.append(sock)
+            if self._event.is_set():
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        # The plain socket method also for TLS sockets: stop the connection
+        # under the TLS layer without touching its state from this thread.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 # --- one connection ----------------------------------------------------------
 
 class _SMTP(smtplib.SMTP):
@@ -180,8 +227,10 @@ class Session:
 class Connection:
     """One TCP (or TLS) connection, taken through greeting, EHLO, TLS, AUTH."""
 
-    def __init__(self, settings: "Settings", transcript: Transcript | None = None) -> None:
+    def __init__(self, settings: "Settings", transcript: Transcript | None = None,
+                 cancel: Cancel | None = None) -> None:
         self.settings = settings
+        self.cancel = cancel
         self.host = settings.smtp_server or ""
         self.port = settings.smtp_service
         self.transcript = transcript
@@ -228,6 +277,8 @@ class Connection:
             self.abort()
             raise TransientError(f"cannot connect to {self.host} port {port}: {_oserror(e)}") from None
         self.smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.cancel is not None:
+            self.cancel.watch(self.smtp.sock)
         self.smtp.sock.settimeout(s.command_timeout)
         self.session.greeting = reply_text(code, text)
         if stream == "ssl":
@@ -293,6 +344,8 @@ class Connection:
         self.smtp.sock = sock
         self.smtp.file = None
         self.session.tls = sock
+        if self.cancel is not None:
+            self.cancel.watch(sock)
         self.note(f"TLS {sock.version()} {sock.cipher()[0]}")
         self._ehlo()
 
@@ -549,7 +602,7 @@ class Sender:
     """Delivers envelopes to one server, reusing the connection between them."""
 
     def __init__(self, settings: "Settings", credentials: CredentialProvider | None = None,
-                 transcript: Transcript | None = None) -> None:
+                 transcript: Transcript | None = None, cancel: Cancel | None = None) -> None:
         if not settings.smtp_server:
             from bridge.errors import ConfigError
             raise ConfigError("smtp-server is not set (give --smtp-server, SMTPSERVER, "
@@ -557,6 +610,7 @@ class Sender:
         self.settings = settings
         self.credentials = credentials
         self.transcript = transcript
+        self.cancel = cancel
         self.conn: Connection | None = None
 
     def _requires_auth(self) -> bool:
@@ -568,7 +622,7 @@ class Sender:
             if not ask or self.conn.session.authenticated:
                 return self.conn
             self.conn.close()
-        self.conn = Connection(self.settings, self.transcript)
+        self.conn = Connection(self.settings, self.transcript, self.cancel)
         self.conn.open(self.credentials, ask)
         return self.conn
 
@@ -579,6 +633,15 @@ class Sender:
 
     def deliver(self, env: msg.Envelope) -> str:
         """Send one envelope with smtpmail's retries; returns the final reply."""
+        try:
+            return self._deliver(env)
+        except BridgeError as e:
+            if (self.cancel is not None and self.cancel.is_set()
+                    and not isinstance(e, AmbiguousDeliveryError)):
+                raise Cancelled(f"cancelled: {env.label or 'message'} not sent") from None
+            raise
+
+    def _deliver(self, env: msg.Envelope) -> str:
         s = self.settings
         for a in [env.sender, *env.recipients]:
             msg.check_address(a)
@@ -590,6 +653,8 @@ class Sender:
         ask = self._requires_auth()
         attempt = 1
         while True:
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("cancelled")
             conn = self._connection(ask)
             offered = bool(auth_mechanisms(conn.session.features))
             can_ask = offered and not ask and not conn.session.authenticated
@@ -600,7 +665,10 @@ class Sender:
                     conn.note(f"Got transient error code {e.code} when sending; "
                               f"retrying attempt {attempt}...")
                     self._drop()
-                    time.sleep(s.retry_delay)
+                    if self.cancel is not None:
+                        self.cancel.wait(s.retry_delay)
+                    else:
+                        time.sleep(s.retry_delay)
                     attempt += 1
                     continue
                 if e.code == 530 and can_ask:
@@ -634,7 +702,7 @@ class Sender:
 
 def send(settings: "Settings", env: msg.Envelope, *,
          credentials: CredentialProvider | None = None,
-         transcript: Transcript | None = None) -> str:
+         transcript: Transcript | None = None, cancel: Cancel | None = None) -> str:
     """Deliver one envelope over a new connection (then QUIT)."""
-    with Sender(settings, credentials, transcript) as sender:
+    with Sender(settings, credentials, transcript, cancel) as sender:
         return sender.deliver(env)

@@ -240,3 +240,20 @@ def test_check_reports_what_the_server_offers(serve, smtp_server):
     assert "credentials: found for alice" in report and "auth: accepted" in report
     assert b'"pw"' not in b"".join(serve.seen[1:])
     assert "MAIL" not in [c.split()[0] for _, c in srv.commands]
+
+
+def test_cancel_stops_a_send_in_the_middle_of_the_dialogue(serve, smtp_server, tmp_path):
+    """The server holds its MAIL reply; cancel ends the job before it answers."""
+    srv = smtp_server()
+    hold = srv.hold("MAIL")
+    serve.request(send_request(1, srv.port, extra=":queue-on-failure t"))
+    assert hold.wait_reached(NO_HANG)
+    serve.request("(cancel :id 2 :job 1)")
+    head1, p1, _ = serve.reply(2)
+    assert head1 == "ok" and p1["cancelled"] is True
+    head, plist, _ = serve.reply(1)          # answered while the server still holds
+    assert head == "ok" and plist["status"] == "queued" and plist["kind"] == "cancelled"
+    hold.release()
+    assert srv.messages == []                 # the dropped session delivered nothing
+    index = tmp_path / "Mail" / "queued-mail" / "index"
+    assert len(index.read_text().splitlines()) == 1

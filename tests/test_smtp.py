@@ -518,3 +518,48 @@ def test_530_path_transcript_redacted(smtp_server):
     smtp.send(settings(srv), envelope(), credentials=provider, transcript=tap)
     assert "C: AUTH LOGIN" in tap.text and tap.text.count(smtp.REDACTED) == 2
     assert_no_secret(tap.text)
+
+
+@pytest.mark.parametrize("tls", ["none", "starttls"])
+def test_cancel_wakes_a_blocked_read(smtp_server, ssl_cert_env, tls):
+    import threading
+    from bridge.errors import Cancelled
+    srv = smtp_server(tls=tls)
+    hold = srv.hold("MAIL")
+    cancel = smtp.Cancel()
+    outcome = {}
+
+    def run():
+        try:
+            smtp.send(settings(srv, command_timeout=60), envelope(), cancel=cancel)
+        except Exception as e:            # noqa: BLE001 - the test inspects it
+            outcome["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert hold.wait_reached(20)
+    cancel.set()
+    t.join(20)
+    assert not t.is_alive()               # woke without waiting for the 60 s timeout
+    assert isinstance(outcome["error"], Cancelled)
+    hold.release()
+    assert not srv.messages
+
+
+def test_cancel_during_retry_wait(smtp_server):
+    import threading
+    from bridge.errors import Cancelled
+    srv = smtp_server()
+    srv.fail("MAIL", 451, "4.3.0 later", times=10)
+    cancel = smtp.Cancel()
+    seen = threading.Event()
+
+    def tap(direction, line):
+        if "retrying attempt 1" in line:
+            seen.set()
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        smtp.send(settings(srv, retries=10, retry_delay=60), envelope(), transcript=tap,
+                  cancel=cancel)
+    assert seen.is_set() and srv.connections == 1

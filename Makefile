@@ -20,13 +20,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 deps: $(VENV)/.installed emacs-nox
 
-# Debian's emacs-nox, installed when missing and we are root (as CI is).
+# Debian's emacs-nox (and tmux, for the interactive Emacs test), installed
+# when missing and we are root (as CI is).
 emacs-nox:
-	@if ! command -v $(EMACS) >/dev/null 2>&1; then \
+	@need=""; \
+	command -v $(EMACS) >/dev/null 2>&1 || need="$$need emacs-nox"; \
+	command -v tmux >/dev/null 2>&1 || need="$$need tmux"; \
+	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y emacs-nox; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$need; \
 	  else \
-	    echo "emacs is missing: install emacs-nox (tests that need it fail under CI=true)"; \
+	    echo "missing:$$need (tests that need them fail under CI=true)"; \
 	  fi; \
 	fi
 

@@ -78,7 +78,8 @@ def reply_text(code: int, text: bytes | str) -> str:
         text = text.decode("utf-8", "replace")
     lines = text.splitlines() or [""]
     last = len(lines) - 1
-    return "\n".join(f"{code}{'-' if i < last else ' '}{line}".rstrip()
+    shown = f"{code:03d}" if code >= 0 else "???"
+    return "\n".join(f"{shown}{'-' if i < last else ' '}{line}".rstrip()
                      for i, line in enumerate(lines))
 
 
@@ -197,6 +198,10 @@ class _SMTP(smtplib.SMTP):
 
     def getreply(self) -> tuple[int, bytes]:
         code, text = super().getreply()
+        while 0 <= code < 100:        # smtpmail skips a reply whose code starts with 0
+            if self._transcript:
+                self._transcript("S", reply_text(code, text))
+            code, text = super().getreply()
         if self._transcript:
             for line in reply_text(code, text).splitlines():
                 self._transcript("S", line)

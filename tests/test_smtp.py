@@ -563,3 +563,46 @@ def test_cancel_during_retry_wait(smtp_server):
         smtp.send(settings(srv, retries=10, retry_delay=60), envelope(), transcript=tap,
                   cancel=cancel)
     assert seen.is_set() and srv.connections == 1
+
+
+def test_reply_with_code_starting_with_0_is_skipped_as_smtpmail_does():
+    """Experiment e16: `050 ignored line` then `250 ok` counts as 250."""
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    received = []
+
+    def serve():
+        conn, _ = listener.accept()
+        f = conn.makefile("rb")
+        conn.sendall(b"220 scripted ESMTP\r\n")
+        replies = {b"EHLO": b"250 OK\r\n", b"MAIL": b"050 ignored line\r\n250 ok\r\n",
+                   b"RCPT": b"250 OK\r\n", b"DATA": b"354 go\r\n", b"QUIT": b"221 bye\r\n"}
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            received.append(line)
+            verb = line.split(b" ")[0].strip().upper()
+            if verb == b"DATA":
+                conn.sendall(replies[verb])
+                while f.readline() != b".\r\n":
+                    pass
+                conn.sendall(b"250 queued\r\n")
+                continue
+            conn.sendall(replies.get(verb, b"500 what\r\n"))
+            if verb == b"QUIT":
+                break
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    s = Settings(smtp_server="127.0.0.1", smtp_service=listener.getsockname()[1],
+                 auth_sources=(), command_timeout=5.0)
+    tap = Tap()
+    assert smtp.send(s, envelope(), transcript=tap) == "250 queued"
+    t.join(10)
+    listener.close()
+    assert "S: 050 ignored line" in tap.text
+    assert [l.split(b" ")[0] for l in received] == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT\r\n"]

@@ -605,4 +605,4 @@ def test_reply_with_code_starting_with_0_is_skipped_as_smtpmail_does():
     t.join(10)
     listener.close()
     assert "S: 050 ignored line" in tap.text
-    assert [l.split(b" ")[0] for l in received] == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT\r\n"]
+    assert [line.split()[0] for line in received] == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]

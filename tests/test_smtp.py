@@ -606,3 +606,28 @@ def test_reply_with_code_starting_with_0_is_skipped_as_smtpmail_does():
     listener.close()
     assert "S: 050 ignored line" in tap.text
     assert [line.split()[0] for line in received] == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
+
+
+def test_55x_to_rcpt_retries_with_credentials_required(smtp_server):
+    """smtpmail: a 550-554 to RCPT while AUTH is offered and we had not logged in
+    starts a new session in which credentials are demanded (relay denied)."""
+    srv = smtp_server(auth=["PLAIN"], users={USER: SECRET}, pipelining=False)
+    srv.fail("RCPT", 554, "5.7.1 relay access denied")
+    asked = []
+
+    def provider(host, port, user, required):
+        asked.append(required)
+        return auth.Credentials(user=USER, secret=SECRET) if required else None
+
+    smtp.send(settings(srv), envelope(), credentials=provider)
+    assert asked == [False, True] and srv.connections == 2
+    assert srv.messages[0].auth.user == USER
+
+
+def test_55x_to_rcpt_after_login_is_final(smtp_server, authinfo):
+    srv = smtp_server(auth=["PLAIN"], users={USER: SECRET})
+    srv.fail("RCPT", 550, "5.1.1 no such user")
+    s = settings(srv, auth_sources=authinfo(f"machine 127.0.0.1 login {USER} password '{SECRET}'"))
+    with pytest.raises(PermanentError, match="5.1.1 no such user"):
+        deliver(s)
+    assert srv.connections == 1

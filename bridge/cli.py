@@ -231,8 +231,7 @@ def cmd_send(args: SendArgs, stdin=None) -> int:
     settings, _ = load_settings(args.options)
     data = stdin or sys.stdin.buffer
     env = message.prepare(data, sender=args.sender, recipients=args.recipients,
-                          extract=args.extract, mail_address=settings.mail_address,
-                          add_missing=True)
+                          extract=args.extract, mail_address=settings.mail_address)
     transcript = _stderr_transcript if (settings.debug_info or args.verbose) else None
     if args.queue:
         settings = settings.replace(queue_mail=True)

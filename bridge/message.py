@@ -176,7 +176,7 @@ def normalise_newlines(data: bytes) -> bytes:
 
 def prepare(data: bytes | BinaryIO, *, sender: str | None, recipients: list[str] | None,
             extract: bool, mail_address: str | None = None,
-            label: str = "message", add_missing: bool = False) -> Envelope:
+            label: str = "message") -> Envelope:
     """Turn a composed message into an Envelope, as smtpmail-send-it does.
 
     With ``extract`` the recipients are deduced from the headers (smtpmail
@@ -184,9 +184,7 @@ def prepare(data: bytes | BinaryIO, *, sender: str | None, recipients: list[str]
     after them.  Bcc and Resent-Bcc are stripped from the data in either
     case.  The sender falls back to ``mail_address``, then the From: header.
     A stream (the shell's stdin) is spooled so a big message is never held
-    in memory: only its header is.  With ``add_missing`` (the shell's send,
-    as msmtp and Postfix's sendmail do; in Emacs smtpmail-send-it has done
-    it already) a missing Date: and Message-ID: are added at the top.
+    in memory: only its header is.
     """
     if isinstance(data, (bytes, bytearray)):
         data = normalise_newlines(bytes(data))
@@ -206,37 +204,14 @@ def prepare(data: bytes | BinaryIO, *, sender: str | None, recipients: list[str]
     check_address(envelope_sender, "sender")
     for r in rcpts:
         check_address(r, "recipient")
-    top = missing_headers(header, envelope_sender) if add_missing else b""
     if body is None:
-        return Envelope(envelope_sender, rcpts, top + strip_bcc(data), label)
+        return Envelope(envelope_sender, rcpts, strip_bcc(data), label)
     out = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-    out.write(top + strip_bcc(header))
+    out.write(strip_bcc(header))
     shutil.copyfileobj(body, out, CHUNK)
     body.close()
     out.seek(0)
     return Envelope(envelope_sender, rcpts, out, label)
-
-
-_HAS_DATE = re.compile(rb"^Date:", re.I | re.M)
-_HAS_MSGID = re.compile(rb"^Message-ID:", re.I | re.M)
-
-
-def missing_headers(header: bytes, sender: str, now: float | None = None) -> bytes:
-    """Date: and Message-ID: lines for a header area that lacks them."""
-    import datetime
-    import secrets
-    import time
-    from email.utils import format_datetime
-    out = b""
-    when = time.time() if now is None else now
-    if not _HAS_DATE.search(header):
-        stamp = datetime.datetime.fromtimestamp(when).astimezone()
-        out += b"Date: " + format_datetime(stamp).encode() + b"\n"
-    if not _HAS_MSGID.search(header):
-        domain = sender.rpartition("@")[2] or "localhost"
-        out += (f"Message-ID: <{int(when)}.{secrets.token_hex(8)}@{domain}>\n"
-                .encode("utf-8", "surrogateescape"))
-    return out
 
 
 SPOOL_IN_MEMORY = 1 << 20

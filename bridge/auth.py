@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import os
 import socket
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -241,6 +240,7 @@ def match(entries: Iterable[Entry], host: str, port: int | str | None,
 
 def _gpg_decrypt(data: bytes | None, path: str, what: str) -> str:
     """Decrypt a file (data None) or bytes with gpg; plaintext stays in memory."""
+    import subprocess      # only when a .gpg source exists: start-up time counts
     argv = ["gpg", "--batch", "--quiet", "--decrypt"]
     if data is None:
         argv.append(path)
@@ -316,6 +316,7 @@ def _entry_secret(entry: Entry, where: str) -> str | None:
 
 def run_password_command(command: str, timeout: float | None = None) -> str:
     """Run password-command with sh; its first output line is the secret."""
+    import subprocess
     try:
         proc = subprocess.run(["sh", "-c", command], stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, check=False, timeout=timeout)

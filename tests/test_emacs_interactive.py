@@ -47,6 +47,19 @@ class Tmux:
         self.run("send-keys", "-t", self.name, *keys)
 
 
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def wait_until(predicate) -> None:
+    """Poll a condition that another process makes true (bounded)."""
+    deadline = time.monotonic() + SCREEN_TIMEOUT
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never became true")
+        time.sleep(0.05)
+
+
 def test_prompts_like_smtpmail_then_saves_to_authinfo(emacs_bin, smtp_server, tmp_path):
     tmux_bin = require("tmux")
     srv = smtp_server(auth=["PLAIN"], users={"alice": "typed-secret"}, auth_required=True)
@@ -78,7 +91,10 @@ def test_prompts_like_smtpmail_then_saves_to_authinfo(emacs_bin, smtp_server, tm
         tmux.wait_for(r"Save auth info to file ~/\.authinfo\?")
         assert "typed-secret" not in tmux.screen()      # read-passwd shows no secret
         tmux.type("y")
-        tmux.wait_for(r"smtpmail-bridge: sent to bob@example\.net")
+        # The echo area shows whichever of "Saved ..." and "sent to ..." came last.
+        tmux.wait_for(r"Saved new authentication information|smtpmail-bridge: sent to bob")
+        srv.wait_for_messages(1, timeout=SCREEN_TIMEOUT)
+        wait_until(lambda: "typed-secret" in _read(home / ".authinfo"))
     finally:
         subprocess.run([tmux_bin, "-L", name, "kill-server"], capture_output=True)
     [m] = srv.messages

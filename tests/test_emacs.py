@@ -366,3 +366,49 @@ def test_big_message_crosses_as_a_file_byte_for_byte(emacs_bin, home, smtp_serve
     assert lines[-2] == ".line 19999 ümlaut \t tab".encode()
     assert "MARK made=1" in r.stderr             # the bytes went through a file
     assert "MARK left=nil" in r.stderr           # and it was cleaned up
+
+
+SAME_AS_SMTPMAIL = {
+    "resent": ("Resent-To: frank@example.net\nResent-Cc: grace@example.org\n"
+               "Resent-Bcc: heidi@example.com\nTo: ignored@example.com\nBcc: ivan@example.com\n"
+               "Subject: resent\n"),
+    "fixture-f": ('To: "Smith, John" <john@example.com>,\n bob@example.net (Bob B)\n'
+                  "CC: carol@example.com\nCc: mallory@example.com, bob@example.net\n"
+                  "Subject: \n"),
+    "no-from": "To: Jürgen <juergen@example.de>\nSubject: Grüße aus Köln — 日本語 ✓\n",
+    "bare-name": "To: localuser, other@example.org\nSubject: bare\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_AS_SMTPMAIL))
+def test_mail_mode_variants_equal_smtpmail_send_it(emacs_bin, home, smtp_server, case):
+    """For the same buffer: the same MAIL FROM, RCPT list and bytes as smtpmail."""
+    srv = smtp_server()
+    headers = SAME_AS_SMTPMAIL[case]
+    body_text = ".\\n..\\n.hidden\\ntrailing  \\n\\ttab\\nÜmläute and a long line " + "x" * 1100
+    body = f"""
+(setq smtpmail-sendto-domain "example.net" smtpmail-local-domain "example.test")
+(defun test-buffer ()
+  (with-current-buffer (get-buffer-create "*variant*")
+    (erase-buffer) (mail-mode)
+    (insert {P.dumps(headers)} "Date: Thu, 03 Dec 2026 22:51:20 +0100\\n"
+            "Message-Id: <fixed.{case}@example.org>\\n" mail-header-separator "\\n"
+            "{body_text}")
+    (current-buffer)))
+(with-current-buffer (test-buffer) (smtpmail-send-it))
+(with-current-buffer (test-buffer)
+  (let ((smtpmail-bridge-async nil)) (smtpmail-bridge-send-it)))
+"""
+    r = run_emacs(emacs_bin, home, body, port=srv.port)
+    assert r.returncode == 0, r.stderr
+    control, ours = srv.messages
+    assert ours.mail_from == control.mail_from
+    assert ours.rcpt_tos == control.rcpt_tos
+    assert ours.ehlo_name == control.ehlo_name
+    assert ours.data == control.data
+    # smtpmail counts characters, not bytes, for a mail-mode buffer with
+    # non-ASCII text, so its SIZE= is too small; ours is the exact size.
+    size = [int(o[5:]) for o in ours.mail_options if o.startswith("SIZE=")]
+    control_size = [int(o[5:]) for o in control.mail_options if o.startswith("SIZE=")]
+    assert size == [len(ours.data)]
+    assert control_size[0] <= size[0]

@@ -63,6 +63,13 @@ class Serve:
             elif form[0] in ("ok", "error") and plist["id"] == rid:
                 return form[0], plist, events
 
+    def event(self, type_: str) -> dict:
+        """Read until an event of ``type_`` arrives; return its plist."""
+        while True:
+            plist = P.plist_to_dict(self.read()[1:])
+            if plist.get("type") == type_:
+                return plist
+
     def close(self) -> int:
         if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()
@@ -142,10 +149,7 @@ def test_credentials_are_asked_from_the_shim_and_never_echoed(serve, smtp_server
     srv = smtp_server(auth=["PLAIN"], users={"alice": "s3cr3t-pw"}, auth_required=True)
     serve.request(send_request(1, srv.port, extra=':vars (:smtp-server "127.0.0.1" '
                                                   f':smtp-service {srv.port} :smtp-user "alice" :debug-info t)'))
-    form = serve.read()
-    while P.plist_to_dict(form[1:]).get("type") != "credential-request":
-        form = serve.read()
-    ev = P.plist_to_dict(form[1:])
+    ev = serve.event("credential-request")
     assert (ev["host"], ev["port"], ev["user"]) == ("127.0.0.1", str(srv.port), "alice")
     serve.request(f'(credential :id 2 :for {ev["cid"]} :user "alice" :secret "s3cr3t-pw")')
     head, plist, events = serve.reply(1)
@@ -161,9 +165,7 @@ def test_cancel_releases_a_job_waiting_for_credentials(serve, smtp_server):
     srv = smtp_server(auth=["PLAIN"], users={"alice": "pw"}, auth_required=True)
     serve.request(send_request(1, srv.port, extra=':vars (:smtp-server "127.0.0.1" '
                                                   f':smtp-service {srv.port} :smtp-user "alice")'))
-    form = serve.read()
-    while P.plist_to_dict(form[1:]).get("type") != "credential-request":
-        form = serve.read()
+    serve.event("credential-request")
     serve.request("(cancel :id 2 :job 1)")
     head1, p1, _ = serve.reply(2)
     assert head1 == "ok" and p1["cancelled"] is True
@@ -228,10 +230,7 @@ def test_eof_hands_a_failing_job_to_the_queue(serve, smtp_server, tmp_path):
 def test_check_reports_what_the_server_offers(serve, smtp_server):
     srv = smtp_server(auth=["PLAIN"], users={"alice": "pw"})
     serve.request(f'(check :id 5 :vars (:smtp-server "127.0.0.1" :smtp-service {srv.port}))')
-    form = serve.read()
-    while P.plist_to_dict(form[1:]).get("type") != "credential-request":
-        form = serve.read()
-    ev = P.plist_to_dict(form[1:])
+    ev = serve.event("credential-request")
     serve.request(f'(credential :id 6 :for {ev["cid"]} :user "alice" :secret "pw")')
     head, plist, events = serve.reply(5)
     assert head == "ok" and plist["status"] == 0, plist

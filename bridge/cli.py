@@ -48,6 +48,8 @@ class SendArgs:
 # Flags sendmail accepts that change nothing for us (delivery mode,
 # error mode, DSN, body type...): accepted silently, as msmtp does.
 _IGNORED_WITH_VALUE = {"-N", "-B", "-V", "-R", "-X", "-L", "-O", "-h", "-p"}
+# Short flags whose value may be the next word: "-f addr" as well as "-faddr".
+_SHORT_WITH_VALUE = {"-f", "-r", "-F", "-C"} | _IGNORED_WITH_VALUE
 
 
 def _take_value(argv: list[str], i: int, flag: str) -> tuple[str, int]:
@@ -71,16 +73,14 @@ def parse_send(argv: Sequence[str]) -> SendArgs:
             break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
+            takes_value = GLOBAL_OPTIONS.get(name) or name in ("--from", "--envelope-sender")
+            if takes_value and not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"option {name} needs a value")
+                value = argv[i + 1]
+                i += 1
             if name in GLOBAL_OPTIONS:
-                if GLOBAL_OPTIONS[name]:
-                    if not eq:
-                        if i + 1 >= len(argv):
-                            raise UsageError(f"option {name} needs a value")
-                        value = argv[i + 1]
-                        i += 1
-                    args.options[name[2:]] = value
-                else:
-                    args.options[name[2:]] = True
+                args.options[name[2:]] = value if takes_value else True
             elif name == "--queue":
                 args.queue = True
             elif name == "--queue-on-failure":
@@ -88,11 +88,6 @@ def parse_send(argv: Sequence[str]) -> SendArgs:
             elif name == "--read-recipients":
                 args.extract = True
             elif name in ("--from", "--envelope-sender"):
-                if not eq:
-                    if i + 1 >= len(argv):
-                        raise UsageError(f"option {name} needs a value")
-                    value = argv[i + 1]
-                    i += 1
                 args.sender = value
             else:
                 raise UsageError(f"unknown option {name}")
@@ -182,7 +177,7 @@ def split_verb(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
         if arg in GLOBAL_OPTIONS and GLOBAL_OPTIONS[arg]:
             i += 2
             continue
-        if arg[:2] in ("-f", "-r", "-F", "-C") and len(arg) == 2:
+        if arg in _SHORT_WITH_VALUE:
             i += 2
             continue
         if not arg.startswith("-"):
@@ -204,7 +199,7 @@ def _long_only(tokens: list[str]) -> list[str]:
             kept.append(t)
             i += 1
         else:
-            i += 2 if t in ("-f", "-r", "-F", "-C") else 1
+            i += 2 if t in _SHORT_WITH_VALUE else 1
     return kept
 
 

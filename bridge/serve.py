@@ -384,19 +384,18 @@ class Server:
         _, entry = self._find(request)
         return {"entry": _plain(entry)}
 
-    def op_drop(self, request: Request, job: Job) -> dict[str, Any]:
+    def _under_lock(self, request: Request, action: str) -> str | None:
+        """Run the queue's ``action`` ("remove", "retry") on the entry, locked."""
         queue, entry = self._find(request)
-        settings = self.job_settings(request)
-        with queue.lock(settings.lock_timeout):
-            queue.remove(entry)
-        return {"dropped": _entry_id(entry)}
+        with queue.lock(self.job_settings(request).lock_timeout):
+            getattr(queue, action)(entry)
+        return _entry_id(entry)
+
+    def op_drop(self, request: Request, job: Job) -> dict[str, Any]:
+        return {"dropped": self._under_lock(request, "remove")}
 
     def op_retry(self, request: Request, job: Job) -> dict[str, Any]:
-        queue, entry = self._find(request)
-        settings = self.job_settings(request)
-        with queue.lock(settings.lock_timeout):
-            queue.retry(entry)
-        return {"retried": _entry_id(entry)}
+        return {"retried": self._under_lock(request, "retry")}
 
     def op_check(self, request: Request, job: Job) -> dict[str, Any]:
         import io

@@ -443,6 +443,8 @@ class Connection:
     def transaction(self, env: msg.Envelope, info: msg.DataInfo) -> str:
         """MAIL, RCPT..., DATA for one envelope; returns the final reply.
 
+        The addresses were checked for CR/LF/NUL by Sender.deliver.
+
         Raises _MailRejected for a MAIL FROM failure (the retry loop decides),
         BridgeError otherwise.  All recipients must be accepted: if the
         server took DATA after a refused recipient, the connection is dropped
@@ -462,9 +464,6 @@ class Connection:
             self.smtp.command_encoding = "utf-8"
         mail = f"MAIL FROM:<{env.sender}>{mail_parameters(f, info, utf8)}"
         rcpts = [f"RCPT TO:<{rcpt_address(r, s.sendto_domain)}>" for r in env.recipients]
-        for line in [mail, *rcpts]:
-            if re.search(r"[\r\n\x00]", line):
-                raise MessageError(f"refusing to send {line!r}: CR, LF or NUL in an address")
         if "pipelining" in f:
             replies = self._pipelined([mail, *rcpts, "DATA"])
         else:
@@ -652,8 +651,9 @@ class Sender:
             msg.check_address(a)
         if not env.recipients:
             raise MessageError("no recipients")
-        if s.local_domain:
-            msg.check_address(s.local_domain, "local-domain")
+        for name, value in (("local-domain", s.local_domain), ("sendto-domain", s.sendto_domain)):
+            if value:
+                msg.check_address(value, name)
         info = msg.data_info(env.data)
         ask = self._requires_auth()
         attempt = 1

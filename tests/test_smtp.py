@@ -431,6 +431,8 @@ def test_cr_lf_nul_in_address_refused_before_connecting(smtp_server):
             deliver(settings(srv), envelope(rcpts=[bad]))
         with pytest.raises(MessageError):
             deliver(settings(srv), Envelope(bad, ["b@x.y"], MESSAGE))
+    with pytest.raises(MessageError, match="sendto-domain"):
+        deliver(settings(srv, sendto_domain="x.y>\r\nRSET"), envelope(rcpts=["bare"]))
     assert srv.connections == 0
 
 

@@ -104,13 +104,13 @@ def run(settings: "Settings", out: TextIO, credentials=None) -> int:
     out.write(f"auth offered: {' '.join(m.upper() for m in offered) or 'none'}\n")
     if probe.found is not None:
         c = probe.found
-        try:
-            mech = auth.choose_mechanism(offered, settings.auth_supported, c.mechanism) if offered else None
-        except BridgeError as e:
-            mech = f"none ({e})"
         out.write(f"credentials: found for {c.user} in {c.source or 'provider'}\n")
-        if mech:
-            out.write(f"auth mechanism: {mech.upper() if isinstance(mech, str) and ' ' not in mech else mech}\n")
+        if offered:
+            try:
+                mech = auth.choose_mechanism(offered, settings.auth_supported, c.mechanism).upper()
+            except BridgeError as e:
+                mech = f"none ({e})"
+            out.write(f"auth mechanism: {mech}\n")
         if session.authenticated:
             out.write("auth: accepted\n")
     elif probe.asked:
